@@ -1,0 +1,112 @@
+"""Scoring reference: nearest-memory distances, anomaly maps and image scores (pure torch).
+
+This is the reference that every fast scorer (the CUDA kernel in ``runtime/kernels``) must match.
+It runs on CPU and CUDA alike.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from lemo_edge.errors import InputError, describe
+
+# Largest number of distance entries materialised at once by the reference (N x K block).
+_BLOCK_ENTRIES = 1 << 24
+
+
+class Nearest(NamedTuple):
+    """Per-patch result of :func:`nearest_memory`.
+
+    Attributes:
+        score: ``(N,) float32``: distance to the nearest item, or the mean over the ``k`` nearest.
+        index: ``(N,) int64``: index of the nearest item (the online update reuses it).
+    """
+
+    score: torch.Tensor
+    index: torch.Tensor
+
+
+def squared_distances(z: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean distances, clamped at 0.
+
+    Args:
+        z: ``(N, D)`` float.
+        memory: ``(K, D)`` float, same device.
+
+    Returns:
+        ``(N, K)`` float32.
+    """
+    z = z.float()
+    memory = memory.float()
+    d2 = (z * z).sum(1, keepdim=True) - 2.0 * (z @ memory.T) + (memory * memory).sum(1)[None, :]
+    return d2.clamp_min_(0.0)
+
+
+def nearest_memory(z: torch.Tensor, memory: torch.Tensor, k: int = 1) -> Nearest:
+    """Distance of each patch embedding to its nearest memory items.
+
+    Args:
+        z: ``(N, D)`` float16/float32, any device.
+        memory: ``(K, D)`` float16/float32, same device.
+        k: number of nearest items averaged into the score (1: the nearest distance).
+
+    Returns:
+        :class:`Nearest` with ``score (N,) float32`` and ``index (N,) int64`` on ``z``'s device.
+    """
+    if z.ndim != 2 or memory.ndim != 2 or z.shape[1] != memory.shape[1]:
+        raise InputError(f"nearest_memory: expected z (N, D) and memory (K, D), got {describe(z)} and {describe(memory)}")
+    if not 1 <= k <= memory.shape[0]:
+        raise InputError(f"nearest_memory: expected 1 <= k <= K={memory.shape[0]}, got k={k}")
+    rows = max(1, _BLOCK_ENTRIES // max(1, memory.shape[0]))
+    scores, indices = [], []
+    for start in range(0, z.shape[0], rows):
+        d2 = squared_distances(z[start : start + rows], memory)
+        if k == 1:
+            best, idx = d2.min(dim=1)
+            scores.append(best.sqrt())
+        else:
+            best, order = d2.topk(k, dim=1, largest=False)
+            scores.append(best.sqrt().mean(1))
+            idx = order[:, 0]
+        indices.append(idx)
+    return Nearest(torch.cat(scores), torch.cat(indices))
+
+
+def gaussian_kernel1d(sigma: float, device: torch.device | None = None) -> torch.Tensor:
+    """Normalised 1-D Gaussian of radius ``4 * sigma`` (``(2r + 1,) float32``)."""
+    radius = max(1, int(math.ceil(4.0 * sigma)))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32, device=device)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    return kernel / kernel.sum()
+
+
+def anomaly_map(patch_scores: torch.Tensor, size: tuple[int, int], sigma: float = 4.0) -> torch.Tensor:
+    """Upsample patch scores to the input size and smooth them with a Gaussian.
+
+    Args:
+        patch_scores: ``(B, h, w)`` float.
+        size: ``(H, W)`` of the input image.
+        sigma: Gaussian sigma in input pixels (0 disables smoothing).
+
+    Returns:
+        ``(B, H, W) float32``, same device.
+    """
+    if patch_scores.ndim != 3:
+        raise InputError(f"anomaly_map: expected patch scores (B, h, w), got {describe(patch_scores)}")
+    maps = F.interpolate(patch_scores[:, None].float(), size=size, mode="bilinear", align_corners=False)
+    if sigma > 0:
+        kernel = gaussian_kernel1d(sigma, maps.device)
+        pad = kernel.numel() // 2
+        maps = F.pad(maps, (pad, pad, pad, pad), mode="replicate")
+        maps = F.conv2d(maps, kernel.view(1, 1, 1, -1))
+        maps = F.conv2d(maps, kernel.view(1, 1, -1, 1))
+    return maps[:, 0]
+
+
+def image_scores(maps: torch.Tensor) -> torch.Tensor:
+    """Image score = maximum of the smoothed map: ``(B, H, W)`` -> ``(B,) float32``."""
+    return maps.flatten(1).amax(1)
