@@ -44,3 +44,7 @@ def describe(value: object) -> str:
     if shape is None:
         return type(value).__name__
     return f"{tuple(shape)} {str(dtype).replace('torch.', '')}"
+
+
+class SourceError(LemoError, RuntimeError):
+    """A frame source (camera, stream, file, folder) cannot be opened at all or failed unrecoverably."""

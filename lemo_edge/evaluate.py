@@ -1,0 +1,353 @@
+"""Evaluation protocols on a dataset: online (the paper's), mixed (total online) and offline.
+
+The backbone is frozen, so each image's features are computed once per run: test features are
+cached (float16) and every checkpoint re-scores them with the current adapter and memory.
+Baselines are scored on the same features by the same reference scorer.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from lemo_edge import metrics
+from lemo_edge.baselines import GreedyBank, ReservoirBank, patchcore_bank
+from lemo_edge.config import ModelConfig
+from lemo_edge.datasets import DatasetSplits, resize_sample
+from lemo_edge.model import LemoModel
+from lemo_edge.scoring import anomaly_map, image_scores, nearest_memory
+from lemo_edge.updater import OnlineUpdater
+
+log = logging.getLogger(__name__)
+
+PROTOCOLS = ("online", "mixed", "offline")
+BASELINES = ("patchcore", "greedy", "reservoir")
+
+# A backend: (B, 3, S, S) uint8 -> (B, D, h, w) float32.
+Extract = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class Encoded:
+    """Backbone features of a list of images, computed once.
+
+    Attributes:
+        features: ``(N, D, h, w) float16`` cpu.
+        labels: ``(N,) int64`` 0 normal, 1 defect.
+        masks: ``(N, S, S) uint8`` pixel masks (zeros for normal images).
+        names: image names.
+        images: ``{index: (S, S, 3) uint8}`` kept for the report grid.
+    """
+
+    features: torch.Tensor
+    labels: np.ndarray
+    masks: np.ndarray
+    names: list[str]
+    images: dict[int, np.ndarray] = field(default_factory=dict)
+
+
+def image_tensor(image: np.ndarray) -> torch.Tensor:
+    """``(S, S, 3) uint8`` -> ``(1, 3, S, S) uint8`` tensor."""
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
+
+
+def encode(items: Sequence[Any], extract: Extract, size: int, desc: str, keep: Sequence[int] = ()) -> Encoded:
+    """Load, resize and encode ``items`` (objects with ``.load() -> Sample``) one by one."""
+    feats, labels, masks, names, images = [], [], [], [], {}
+    keep_set = set(keep)
+    for i, item in enumerate(tqdm(items, desc=desc, unit="img", leave=False)):
+        sample = resize_sample(item.load(), (size, size))
+        with torch.no_grad():
+            feats.append(extract(image_tensor(sample.image))[0].to("cpu", torch.float16))
+        labels.append(sample.label)
+        masks.append(sample.mask if sample.mask is not None else np.zeros((size, size), np.uint8))
+        names.append(sample.name)
+        if i in keep_set:
+            images[i] = sample.image
+    return Encoded(torch.stack(feats), np.asarray(labels, np.int64), np.stack(masks).astype(np.uint8), names, images)
+
+
+def score_model(model: LemoModel, features: torch.Tensor, batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Maps ``(N, S, S) float32`` and image scores ``(N,) float32`` of cached features."""
+    maps, scores = [], []
+    with torch.no_grad():
+        for start in range(0, features.shape[0], batch):
+            patch = model.score(features[start : start + batch].float()).patch
+            m, s = model.maps(patch)
+            maps.append(m.numpy())
+            scores.append(s.numpy())
+    return np.concatenate(maps), np.concatenate(scores)
+
+
+def score_bank(bank: torch.Tensor, features: torch.Tensor, size: int, sigma: float, k: int = 1, batch: int = 16
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Maps and image scores of cached features against a plain memory bank ``(n, D)``."""
+    maps, scores = [], []
+    for start in range(0, features.shape[0], batch):
+        f = features[start : start + batch].float()
+        b, d, h, w = f.shape
+        z = f.flatten(2).transpose(1, 2).reshape(-1, d)
+        patch = nearest_memory(z, bank, min(k, bank.shape[0])).score.view(b, h, w)
+        m = anomaly_map(patch, (size, size), sigma)
+        maps.append(m.numpy())
+        scores.append(image_scores(m).numpy())
+    return np.concatenate(maps), np.concatenate(scores)
+
+
+def compute_metrics(maps: np.ndarray, scores: np.ndarray, test: Encoded, threshold: float | None = None,
+                    full: bool = True) -> dict[str, Any]:
+    """Image/pixel AUROC (and AUPRO, F1-max, rates at the threshold when ``full``)."""
+    out: dict[str, Any] = {
+        "image_auroc": metrics.image_auroc(scores, test.labels),
+        "pixel_auroc": metrics.pixel_auroc(maps, test.masks),
+    }
+    if full:
+        out["aupro"] = metrics.aupro(maps, test.masks)
+        out["f1_max"] = metrics.f1_max(scores, test.labels)
+        if threshold is not None and math.isfinite(threshold):
+            out.update(metrics.rates_at_threshold(scores, test.labels, threshold))
+    return out
+
+
+def checkpoints_for(n: int) -> list[int]:
+    """1, 2, 4, 8, ... and ``n``."""
+    points, p = [], 1
+    while p < n:
+        points.append(p)
+        p *= 2
+    return points + [n]
+
+
+@dataclass
+class Stream:
+    """What a protocol streamed: per-image scores before learning, labels, and decisions."""
+
+    scores: list[float] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    accepted: list[bool] = field(default_factory=list)
+
+
+class Evaluator:
+    """Runs one protocol for one model config on one dataset.
+
+    Args:
+        config: model configuration.
+        data: the dataset's splits.
+        extract: the feature backend (uint8 images -> features).
+        spec: the backbone's feature spec.
+        seed: seed of the stream order.
+        baselines: baselines to run beside the model.
+    """
+
+    def __init__(self, config: ModelConfig, data: DatasetSplits, extract: Extract, spec: Any, seed: int = 0,
+                 baselines: Sequence[str] = BASELINES, fewshot: bool = True) -> None:
+        unknown = sorted(set(baselines) - set(BASELINES))
+        if unknown:
+            raise ValueError(f"baselines: unknown {unknown}; valid: {list(BASELINES)}")
+        self.config = config
+        self.data = data
+        self.extract = extract
+        self.spec = spec
+        self.seed = seed
+        self.baselines = tuple(baselines)
+        self.fewshot = fewshot
+        self.timings: dict[str, float] = {}
+
+    def _order(self, n: int) -> list[int]:
+        generator = torch.Generator().manual_seed(self.seed)
+        return torch.randperm(n, generator=generator).tolist()
+
+    def _grid_indices(self, test: Sequence[Any]) -> list[int]:
+        labels = [getattr(item, "label", 0) for item in test]
+        defects = [i for i, y in enumerate(labels) if y == 1]
+        goods = [i for i, y in enumerate(labels) if y == 0]
+        pick = defects[:: max(1, len(defects) // 4)][:4] + goods[:2]
+        return sorted(pick)
+
+    def run(self, protocol: str) -> dict[str, Any]:
+        """Run ``protocol`` and return the JSON-ready result."""
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol: expected one of {list(PROTOCOLS)}, got {protocol!r}")
+        t0 = time.perf_counter()
+        if protocol == "mixed":
+            result = self._mixed()
+        else:
+            result = self._online(epochs=1 if protocol == "online" else int(self.config.extra.get("epochs", 3)),
+                                  gated=protocol == "online")
+        result.update(protocol=protocol, seed=self.seed, config=self.config.to_dict(),
+                      memory_size=self.config.memory_size, dataset=self.data.name)
+        self.timings["total_s"] = time.perf_counter() - t0
+        result["timings"] = dict(self.timings)
+        return result
+
+    # -- protocols ---------------------------------------------------------------------------
+
+    def _online(self, epochs: int, gated: bool) -> dict[str, Any]:
+        size = self.config.size
+        test_items = list(self.data.test_good) + list(self.data.test_defect)
+        grid = self._grid_indices(test_items)
+        t = time.perf_counter()
+        test = encode(test_items, self.extract, size, "encode test", keep=grid)
+        self.timings["encode_test_s"] = time.perf_counter() - t
+        model = LemoModel(self.config, self.spec)
+        updater = OnlineUpdater(model)
+        order = self._order(len(self.data.train_good))
+        checkpoints = set(checkpoints_for(len(order))) if self.fewshot and epochs == 1 else {len(order)}
+        curve: list[dict[str, Any]] = []
+        train_feats = []
+        t = time.perf_counter()
+        learn_s = 0.0
+        for epoch in range(epochs):
+            for step, idx in enumerate(tqdm(order, desc=f"stream (epoch {epoch + 1})", unit="img", leave=False), 1):
+                if epoch == 0:
+                    sample = resize_sample(self.data.train_good[idx].load(), (size, size))
+                    with torch.no_grad():
+                        feats = self.extract(image_tensor(sample.image)).float().cpu()
+                    if self.baselines:
+                        train_feats.append(feats[0].half())
+                else:
+                    feats = train_feats[step - 1][None].float() if train_feats else None
+                    if feats is None:
+                        sample = resize_sample(self.data.train_good[idx].load(), (size, size))
+                        with torch.no_grad():
+                            feats = self.extract(image_tensor(sample.image)).float().cpu()
+                t_learn = time.perf_counter()
+                scores = model.score(feats)
+                with torch.no_grad():
+                    _, image_score = model.maps(scores.patch.detach())
+                updater.observe(feats, scores, float(image_score[0]), force=not gated)
+                learn_s += time.perf_counter() - t_learn
+                if epoch == 0 and step in checkpoints and step != len(order):
+                    maps, s = score_model(model, test.features)
+                    point = compute_metrics(maps, s, test, full=False)
+                    point["images"] = step
+                    curve.append(point)
+                    log.info("after %d images: %s", step, point)
+        self.timings["stream_s"] = time.perf_counter() - t
+        self.timings["learn_per_image_ms"] = 1000.0 * learn_s / max(1, epochs * len(order))
+        maps, s = score_model(model, test.features)
+        headline = compute_metrics(maps, s, test, threshold=updater.threshold.value)
+        curve.append({"images": len(order), "image_auroc": headline["image_auroc"],
+                      "pixel_auroc": headline["pixel_auroc"]})
+        result: dict[str, Any] = dict(headline)
+        result.update(
+            method=self.config.method,
+            items_used=int(model.memory.items.shape[0]),
+            threshold=updater.threshold.value,
+            updates=updater.stats.updates,
+            fewshot=curve,
+            roc={"lemo": _roc(s, test.labels)},
+        )
+        result["_grid"] = _grid(test, maps, grid)
+        if self.baselines:
+            stacked = torch.stack(train_feats) if train_feats else None
+            result["baselines"] = self._baselines(stacked, [order[i] for i in range(len(order))], test, result)
+        return result
+
+    def _mixed(self) -> dict[str, Any]:
+        size = self.config.size
+        defects = list(self.data.test_defect)
+        streamed_defects, held_defects = defects[0::2], defects[1::2]
+        held = list(self.data.test_good) + held_defects
+        grid = self._grid_indices(held)
+        test = encode(held, self.extract, size, "encode held-out", keep=grid)
+        stream_items = list(self.data.train_good) + streamed_defects
+        order = self._order(len(stream_items))
+        model = LemoModel(self.config, self.spec)
+        updater = OnlineUpdater(model)
+        stream = Stream()
+        pixel_maps, pixel_masks = [], []
+        t = time.perf_counter()
+        for idx in tqdm(order, desc="mixed stream", unit="img", leave=False):
+            sample = resize_sample(stream_items[idx].load(), (size, size))
+            with torch.no_grad():
+                feats = self.extract(image_tensor(sample.image)).float().cpu()
+            scores = model.score(feats)
+            with torch.no_grad():
+                m, s = model.maps(scores.patch.detach())
+            accepted = updater.observe(feats, scores, float(s[0]))
+            stream.scores.append(float(s[0]))
+            stream.labels.append(int(sample.label))
+            stream.accepted.append(accepted)
+            pixel_maps.append(m[0].numpy().astype(np.float16))
+            pixel_masks.append(sample.mask if sample.mask is not None else np.zeros((size, size), np.uint8))
+        self.timings["stream_s"] = time.perf_counter() - t
+        maps, s = score_model(model, test.features)
+        result: dict[str, Any] = compute_metrics(maps, s, test, threshold=updater.threshold.value)
+        labels = np.asarray(stream.labels)
+        accepted = np.asarray(stream.accepted)
+        result.update(
+            method=self.config.method,
+            items_used=int(model.memory.items.shape[0]),
+            threshold=updater.threshold.value,
+            stream_length=len(order),
+            stream_defect_fraction=float(labels.mean()),
+            prequential_image_auroc=metrics.image_auroc(np.asarray(stream.scores), labels),
+            prequential_pixel_auroc=metrics.pixel_auroc(np.stack(pixel_maps).astype(np.float32),
+                                                        np.stack(pixel_masks)),
+            defect_accept_rate=float(accepted[labels == 1].mean()) if (labels == 1).any() else 0.0,
+            normal_accept_rate=float(accepted[labels == 0].mean()),
+            roc={"lemo": _roc(s, test.labels)},
+        )
+        result["_grid"] = _grid(test, maps, grid)
+        return result
+
+    # -- baselines ---------------------------------------------------------------------------
+
+    def _baselines(self, train: torch.Tensor | None, order: list[int], test: Encoded,
+                   result: dict[str, Any]) -> dict[str, Any]:
+        assert train is not None
+        size, sigma, k = self.config.size, self.config.sigma, self.config.memory_size
+        dim = train.shape[1]
+        patches = train.flatten(2).transpose(1, 2)  # (N, P, D) float16, in stream order
+        out: dict[str, Any] = {}
+        for name in self.baselines:
+            t = time.perf_counter()
+            if name == "patchcore":
+                size_pc = int(self.config.extra.get("patchcore_size", 10_000))
+                bank = patchcore_bank(patches.reshape(-1, dim), size_pc, seed=self.seed)
+                note = f"offline, k-center coreset of {size_pc} from a 100k random subsample of all training patches"
+            elif name == "reservoir":
+                res = ReservoirBank(k, dim, seed=self.seed)
+                for z in patches:
+                    res.add(z.float())
+                bank, note = res.items, f"online, uniform reservoir of {k} patches"
+            else:
+                greedy = GreedyBank(k, dim)
+                for z in patches:
+                    zf = z.float()
+                    nearest = nearest_memory(zf, greedy.items).score if greedy.items.shape[0] else torch.full(
+                        (zf.shape[0],), math.inf)
+                    greedy.add(zf, nearest)
+                bank, note = greedy.items, f"online, greedy bank of {k} (add above running p95, merge closest)"
+            maps, s = score_bank(bank, test.features, size, sigma)
+            entry = compute_metrics(maps, s, test)
+            entry.update(items=int(bank.shape[0]), note=note, seconds=time.perf_counter() - t)
+            result["roc"][name] = _roc(s, test.labels)
+            out[name] = entry
+            log.info("baseline %s: %s", name, entry)
+        return out
+
+
+def _roc(scores: np.ndarray, labels: np.ndarray) -> dict[str, list[float]]:
+    fpr, tpr, _ = metrics.roc_curve(scores, labels)
+    step = max(1, len(fpr) // 200)
+    return {"fpr": fpr[::step].tolist() + [1.0], "tpr": tpr[::step].tolist() + [1.0],
+            "auc": metrics.auroc(scores, labels)}
+
+
+def _grid(test: Encoded, maps: np.ndarray, indices: Sequence[int]) -> dict[str, Any]:
+    return {
+        "images": [test.images[i] for i in indices],
+        "maps": [maps[i] for i in indices],
+        "masks": [test.masks[i] if test.labels[i] else None for i in indices],
+        "titles": [f"{test.names[i]} ({'defect' if test.labels[i] else 'good'})" for i in indices],
+    }

@@ -1,0 +1,132 @@
+"""``lemo-edge eval``: run a protocol on a dataset and write JSON, a markdown table and plots."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lemo_edge.config import ModelConfig
+from lemo_edge.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+def add_parser(sub: Any) -> None:
+    """Register the ``eval`` sub-command."""
+    p = sub.add_parser("eval", help="evaluate on a dataset (MVTec folder, manifest JSON or synthetic://)",
+                       description=__doc__)
+    p.add_argument("dataset", help="MVTec AD category folder, manifest (split.json or its folder), or synthetic://?...")
+    p.add_argument("--protocol", choices=("online", "mixed", "offline"), default="online")
+    p.add_argument("--backbone", default=None, help="timm backbone (default: tf_efficientnet_lite0)")
+    p.add_argument("--weights", default=None, help="local weights file for a non-packaged backbone")
+    p.add_argument("--backend", default="torch", help="feature backend: torch or onnxruntime")
+    p.add_argument("--method", choices=("coreset", "lemo"), default=None, help="memory (default: coreset)")
+    p.add_argument("--memory-size", "-K", type=int, default=None, help="K, the number of memory items")
+    p.add_argument("--size", type=int, default=None, help="input side in pixels, multiple of 32 (default 256)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override any ModelConfig field (JSON value), e.g. --set score_k=3")
+    p.add_argument("--baselines", default="patchcore,greedy,reservoir",
+                   help="comma-separated baselines to run beside the model, or 'none'")
+    p.add_argument("--no-fewshot", action="store_true", help="skip the intermediate few-shot checkpoints")
+    p.add_argument("--json", dest="json_out", default=None, help="write the result JSON here")
+    p.add_argument("--report", default=None, help="write a markdown report with plots into this folder")
+    p.add_argument("--seed", type=int, default=0, help="seed of the stream order")
+    p.set_defaults(func=run)
+
+
+def config_from_args(args: argparse.Namespace) -> ModelConfig:
+    """Build the ModelConfig from the CLI flags and ``--set`` overrides."""
+    changes: dict[str, Any] = {}
+    for key, attr in (("backbone", "backbone"), ("method", "method"), ("memory_size", "memory_size"),
+                      ("size", "size")):
+        value = getattr(args, attr)
+        if value is not None:
+            changes[key] = value
+    for item in args.set:
+        if "=" not in item:
+            raise InputError(f"--set: expected FIELD=VALUE, got {item!r}")
+        key, raw = item.split("=", 1)
+        try:
+            changes[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            changes[key] = raw
+    return ModelConfig().replace(**changes)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry of ``lemo-edge eval``."""
+    from lemo_edge.datasets import open_dataset
+    from lemo_edge.evaluate import Evaluator
+
+    config = config_from_args(args)
+    baselines = [] if args.baselines in ("", "none") else [b.strip() for b in args.baselines.split(",")]
+    data = open_dataset(args.dataset, seed=args.seed)
+    extract, spec = make_extractor(args.backend, config, weights=args.weights)
+    try:
+        evaluator = Evaluator(config, data, extract, spec, seed=args.seed, baselines=baselines,
+                              fewshot=not args.no_fewshot)
+    except ValueError as err:
+        raise InputError(str(err)) from err
+    result = evaluator.run(args.protocol)
+    result["backend"] = args.backend
+    grid = result.pop("_grid", None)
+    if args.json_out:
+        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_out).write_text(json.dumps(jsonable(result), indent=2))
+    if args.report:
+        from lemo_edge.reporting import write_report
+
+        write_report(result, grid, Path(args.report))
+    print(summary_line(result))
+    return 0
+
+
+def summary_line(result: dict[str, Any]) -> str:
+    """One line with the headline metrics and the baselines."""
+    parts = [f"{result['protocol']} {result['method']} K={result['memory_size']} (used {result['items_used']}): "
+             f"image AUROC {result['image_auroc']:.3f}, pixel AUROC {result['pixel_auroc']:.3f}, "
+             f"AUPRO {result['aupro']:.3f}, F1-max {result['f1_max']:.3f}"]
+    if "defect_accept_rate" in result:
+        parts.append(f"prequential image AUROC {result['prequential_image_auroc']:.3f}, "
+                     f"defects accepted {100 * result['defect_accept_rate']:.1f}%")
+    for name, b in result.get("baselines", {}).items():
+        parts.append(f"{name}: {b['image_auroc']:.3f}/{b['pixel_auroc']:.3f}")
+    parts.append(f"{result['timings']['total_s']:.0f} s")
+    return "; ".join(parts)
+
+
+def make_extractor(backend: str, config: ModelConfig, weights: str | None = None) -> tuple[Any, Any]:
+    """The feature backend for ``backend`` and its FeatureSpec."""
+    if backend == "torch":
+        from lemo_edge.backbone import create_feature_extractor
+
+        extractor = create_feature_extractor(config.backbone, weights)
+        return extractor, extractor.spec
+    from lemo_edge.runtime.backends import create_backend
+
+    try:
+        created = create_backend(backend, backbone=config.backbone, size=(config.size, config.size))
+    except ValueError as err:
+        raise InputError(str(err)) from err
+    return created, created.spec
+
+
+def jsonable(value: Any) -> Any:
+    """Recursively convert numpy values, and inf/nan to None, so the JSON is standard."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -1,0 +1,106 @@
+"""The pure-torch LeMO model: adapter + bounded memory + scoring. Training glue is in updater.py."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from lemo_edge.backbone import FeatureSpec
+from lemo_edge.config import ModelConfig
+from lemo_edge.errors import InputError, describe
+from lemo_edge.memory import CoresetMemory, LearnedMemory
+from lemo_edge.scoring import Nearest, anomaly_map, image_scores, nearest_memory
+
+
+class CoordAdapter(nn.Module):
+    """1x1 convolution over the features plus two coordinate channels (CoordConv).
+
+    Initialised as the identity on the feature channels and zero on the coordinates, so an
+    untrained adapter passes features through unchanged.
+    ``forward``: ``(B, D, h, w) float32`` -> ``(B, D', h, w) float32``.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_dim + 2, out_dim, kernel_size=1)
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            eye = torch.eye(out_dim, in_dim)
+            self.conv.weight[:, :in_dim, 0, 0] = eye
+            self.conv.bias.zero_()
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = features.shape
+        ys = torch.linspace(-1.0, 1.0, h, device=features.device).view(1, 1, h, 1).expand(b, 1, h, w)
+        xs = torch.linspace(-1.0, 1.0, w, device=features.device).view(1, 1, 1, w).expand(b, 1, h, w)
+        return self.conv(torch.cat([features, ys, xs], dim=1))
+
+
+class Scores(NamedTuple):
+    """Scores of a batch.
+
+    Attributes:
+        embeddings: ``(B, h*w, D') float32`` adapter outputs (reused by the online update).
+        nearest: :class:`Nearest` over the flattened ``B*h*w`` patches.
+        patch: ``(B, h, w) float32`` patch scores.
+    """
+
+    embeddings: torch.Tensor
+    nearest: Nearest
+    patch: torch.Tensor
+
+
+class LemoModel(nn.Module):
+    """Adapter + memory for features of one backbone at one input size.
+
+    Args:
+        config: the model's configuration.
+        spec: the backbone's feature spec (D and stride must match the features fed in).
+    """
+
+    def __init__(self, config: ModelConfig, spec: FeatureSpec) -> None:
+        super().__init__()
+        self.config = config
+        self.spec = spec
+        self.grid = (config.size // spec.stride, config.size // spec.stride)
+        dim = config.embed_dim or spec.dim
+        self.adapter = CoordAdapter(spec.dim, dim)
+        self.adapter.requires_grad_(config.adapter)
+        self.memory: CoresetMemory | LearnedMemory
+        if config.method == "coreset":
+            self.memory = CoresetMemory(config.memory_size, dim, config.insert_per_image)
+        else:
+            scale = float(config.extra.get("init_scale", 1.0))
+            self.memory = LearnedMemory(config.memory_size, dim, scale=scale, seed=config.seed)
+
+    def check_features(self, features: torch.Tensor) -> None:
+        """Raise InputError unless ``features`` is ``(B, D, h, w)`` float for this model."""
+        expected = (self.spec.dim, *self.grid)
+        if features.ndim != 4 or tuple(features.shape[1:]) != expected or not features.is_floating_point():
+            raise InputError(f"features: expected (B, {', '.join(map(str, expected))}) float, got {describe(features)}")
+
+    def embed(self, features: torch.Tensor) -> torch.Tensor:
+        """``(B, D, h, w) float`` -> ``(B, h*w, D') float32`` patch embeddings."""
+        out = self.adapter(features.float())
+        return out.flatten(2).transpose(1, 2)
+
+    def score(self, features: torch.Tensor) -> Scores:
+        """Patch scores of a batch of backbone features ``(B, D, h, w) float``."""
+        emb = self.embed(features)
+        b, p, d = emb.shape
+        items = self.memory.items.detach()
+        if items.shape[0] == 0:
+            inf = torch.full((b * p,), float("inf"), device=emb.device)
+            nearest = Nearest(inf, torch.zeros(b * p, dtype=torch.int64, device=emb.device))
+        else:
+            with torch.no_grad():
+                nearest = nearest_memory(emb.detach().reshape(b * p, d), items, min(self.config.score_k, items.shape[0]))
+        return Scores(emb, nearest, nearest.score.view(b, *self.grid))
+
+    def maps(self, patch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Anomaly maps ``(B, S, S) float32`` and image scores ``(B,) float32`` from patch scores."""
+        size = (self.config.size, self.config.size)
+        maps = anomaly_map(patch.nan_to_num(posinf=0.0), size, self.config.sigma)
+        return maps, image_scores(maps)

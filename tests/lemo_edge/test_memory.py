@@ -1,0 +1,90 @@
+"""Memories: orthogonal init, bounded coreset insertion/merging, re-seeding and refresh."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lemo_edge.errors import InputError
+from lemo_edge.memory import CoresetMemory, LearnedMemory, nearest_other, orthogonal_noise, two_means
+from lemo_edge.scoring import nearest_memory
+
+
+def test_orthogonal_noise_rows_are_orthonormal():
+    q = orthogonal_noise(10, 32, scale=3.0, generator=torch.Generator().manual_seed(0))
+    assert q.shape == (10, 32)
+    assert torch.allclose(q @ q.T, 9.0 * torch.eye(10), atol=1e-4)
+
+
+def test_orthogonal_noise_beyond_dimension_is_blockwise_orthonormal():
+    q = orthogonal_noise(70, 32)
+    assert q.shape == (70, 32)
+    for start in (0, 32, 64):
+        block = q[start : start + 32]
+        assert torch.allclose(block @ block.T, torch.eye(block.shape[0]), atol=1e-4)
+
+
+def test_coreset_never_grows_past_capacity_and_covers():
+    torch.manual_seed(0)
+    mem = CoresetMemory(capacity=50, dim=8, insert_per_image=16)
+    for _ in range(40):
+        z = torch.randn(64, 8)
+        nearest = nearest_memory(z, mem.items).score if int(mem.count) else torch.full((64,), math.inf)
+        mem.insert(z, nearest)
+        assert int(mem.count) <= 50
+    assert int(mem.count) > 25
+    assert float(mem.radius) > 0
+    # every item is farther than the merge radius from its nearest other item, except newly inserted ones
+    probe = torch.randn(256, 8)
+    assert nearest_memory(probe, mem.items).score.median() < 3.0
+
+
+def test_coreset_inserts_farthest_first_and_respects_radius():
+    mem = CoresetMemory(capacity=10, dim=1, insert_per_image=2)
+    z = torch.tensor([[0.0], [0.1], [5.0], [10.0]])
+    assert mem.insert(z, torch.full((4,), math.inf)) == 2
+    assert sorted(mem.items.flatten().tolist()) in ([0.0, 10.0], [0.1, 10.0], [5.0, 10.0], [0.0, 5.0])
+    mem.radius.fill_(100.0)
+    assert mem.insert(torch.tensor([[50.0]]), torch.tensor([40.0])) == 0
+
+
+def test_coreset_insert_checks_shapes():
+    mem = CoresetMemory(capacity=4, dim=3)
+    with pytest.raises(InputError, match=r"insert: expected z \(P, D\) and nearest \(P,\), got \(5, 3\) float32 and \(4,\)"):
+        mem.insert(torch.zeros(5, 3), torch.zeros(4))
+
+
+def test_nearest_other_excludes_self():
+    d, i = nearest_other(torch.tensor([[0.0], [1.0], [5.0]]))
+    assert i.tolist() == [1, 0, 1]
+    assert d.tolist() == [1.0, 1.0, 4.0]
+
+
+def test_learned_memory_reseeds_stale_items_on_least_covered_patches():
+    mem = LearnedMemory(capacity=4, dim=2, seed=0)
+    mem.mark_used(torch.tensor([0]))
+    for _ in range(3):
+        mem.mark_used(torch.tensor([0]))
+    z = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    nearest = torch.tensor([0.1, 9.0, 8.0])
+    n = mem.reseed(z, nearest, after=2)
+    assert n == 3
+    rows = {tuple(r) for r in mem.items.detach().tolist()}
+    assert (10.0, 0.0) in rows and (0.0, 10.0) in rows
+
+
+def test_refresh_dissolves_empty_items_and_splits_the_largest():
+    mem = LearnedMemory(capacity=2, dim=1)
+    with torch.no_grad():
+        mem.weight.copy_(torch.tensor([[0.0], [100.0]]))
+    z = torch.tensor([[-1.0], [-0.9], [1.0], [1.1]])
+    assert mem.refresh(z, min_patches=1) == 1
+    assert sorted(round(v, 2) for v in mem.items.detach().flatten().tolist()) == [-0.95, 1.05]
+
+
+def test_two_means_separates_clusters():
+    x = torch.cat([torch.zeros(5, 2), torch.ones(5, 2) * 4])
+    a, b = two_means(x)
+    assert {tuple(a.tolist()), tuple(b.tolist())} == {(0.0, 0.0), (4.0, 4.0)}
