@@ -26,6 +26,9 @@ class ModelConfig:
         embed_dim: D' of the adapter's output; 0 means "same as the backbone's D".
         score_k: number of nearest items averaged into a patch score.
         sigma: Gaussian smoothing of the anomaly map, in input pixels.
+        position_norm: normalise patch scores per position by running statistics of accepted
+            images' scores (see model.PositionNorm).
+        position_window: window (images) of those running statistics.
         insert_per_image: (coreset) at most this many items inserted per image.
         adapter: learn the adapter (1x1 CoordConv) online; otherwise it stays at identity.
         steps_per_image: optimiser steps per incoming image (lemo, or coreset with ``adapter``).
@@ -49,10 +52,12 @@ class ModelConfig:
     backbone: str = "tf_efficientnet_lite0"
     size: int = 256
     method: str = "coreset"
-    memory_size: int = 4096
+    memory_size: int = 8192
     embed_dim: int = 0
-    score_k: int = 1
+    score_k: int = 3
     sigma: float = 4.0
+    position_norm: bool = True
+    position_window: int = 64
     insert_per_image: int = 64
     adapter: bool = False
     steps_per_image: int = 1

@@ -63,7 +63,7 @@ def encode(items: Sequence[Any], extract: Extract, size: int, desc: str, keep: S
     """Load, resize and encode ``items`` (objects with ``.load() -> Sample``) one by one."""
     feats, labels, masks, names, images = [], [], [], [], {}
     keep_set = set(keep)
-    for i, item in enumerate(tqdm(items, desc=desc, unit="img", leave=False)):
+    for i, item in enumerate(tqdm(items, desc=desc, unit="img", leave=False, disable=None)):
         sample = resize_sample(item.load(), (size, size))
         with torch.no_grad():
             feats.append(extract(image_tensor(sample.image))[0].to("cpu", torch.float16))
@@ -206,7 +206,7 @@ class Evaluator:
         t = time.perf_counter()
         learn_s = 0.0
         for epoch in range(epochs):
-            for step, idx in enumerate(tqdm(order, desc=f"stream (epoch {epoch + 1})", unit="img", leave=False), 1):
+            for step, idx in enumerate(tqdm(order, desc=f"stream (epoch {epoch + 1})", unit="img", leave=False, disable=None), 1):
                 if epoch == 0:
                     sample = resize_sample(self.data.train_good[idx].load(), (size, size))
                     with torch.no_grad():
@@ -266,7 +266,7 @@ class Evaluator:
         stream = Stream()
         pixel_maps, pixel_masks = [], []
         t = time.perf_counter()
-        for idx in tqdm(order, desc="mixed stream", unit="img", leave=False):
+        for idx in tqdm(order, desc="mixed stream", unit="img", leave=False, disable=None):
             sample = resize_sample(stream_items[idx].load(), (size, size))
             with torch.no_grad():
                 feats = self.extract(image_tensor(sample.image)).float().cpu()

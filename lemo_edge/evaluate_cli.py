@@ -80,8 +80,6 @@ def run(args: argparse.Namespace) -> int:
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_out).write_text(json.dumps(jsonable(result), indent=2))
     if args.report:
-        from lemo_edge.reporting import write_report
-
         write_report(result, grid, Path(args.report))
     print(summary_line(result))
     return 0
@@ -99,6 +97,42 @@ def summary_line(result: dict[str, Any]) -> str:
         parts.append(f"{name}: {b['image_auroc']:.3f}/{b['pixel_auroc']:.3f}")
     parts.append(f"{result['timings']['total_s']:.0f} s")
     return "; ".join(parts)
+
+
+def write_report(result: dict[str, Any], grid: dict[str, Any] | None, out_dir: Path) -> Path:
+    """Write ``README.md`` (metrics table), ``roc.png``, ``fewshot.png`` and ``grid.png`` into ``out_dir``."""
+    from lemo_edge import report
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    keys = ["image_auroc", "pixel_auroc", "aupro", "f1_max"]
+    rows = [{"method": f"LeMO ({result['method']}, K={result['memory_size']})", "items": result["items_used"],
+             **{k: f"{result[k]:.3f}" for k in keys}}]
+    for name, b in result.get("baselines", {}).items():
+        rows.append({"method": f"{name} ({b['note']})", "items": b["items"], **{k: f"{b[k]:.3f}" for k in keys}})
+    lines = [f"# lemo-edge eval: {result['dataset']}, protocol {result['protocol']}", "",
+             report.markdown_table(rows, ["method", "items", *keys]), ""]
+    if "prequential_image_auroc" in result:
+        lines += [f"- prequential image AUROC (scored before learning): {result['prequential_image_auroc']:.3f}",
+                  f"- prequential pixel AUROC: {result['prequential_pixel_auroc']:.3f}",
+                  f"- streamed defects accepted for an update: {100 * result['defect_accept_rate']:.1f}%",
+                  f"- streamed normal images accepted: {100 * result['normal_accept_rate']:.1f}%", ""]
+    curves = {name: (np.asarray(r["fpr"]), np.asarray(r["tpr"]), r["auc"]) for name, r in result["roc"].items()}
+    report.plot_roc(curves, out_dir / "roc.png")
+    lines.append("![ROC curves](roc.png)")
+    if len(result.get("fewshot", [])) > 1:
+        points = result["fewshot"]
+        report.plot_fewshot([p["images"] for p in points],
+                            {k: [p[k] for p in points] for k in ("image_auroc", "pixel_auroc")},
+                            out_dir / "fewshot.png")
+        lines.append("![few-shot curve](fewshot.png)")
+    if grid:
+        report.plot_grid(grid["images"], grid["maps"], grid["masks"], grid["titles"], out_dir / "grid.png",
+                         vmax=result.get("threshold") if math.isfinite(result.get("threshold") or math.inf) else None)
+        lines.append("![images, anomaly maps and masks](grid.png)")
+    lines += ["", f"Total time: {result['timings']['total_s']:.1f} s.", ""]
+    path = out_dir / "README.md"
+    path.write_text("\n".join(lines))
+    return path
 
 
 def make_extractor(backend: str, config: ModelConfig, weights: str | None = None) -> tuple[Any, Any]:

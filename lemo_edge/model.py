@@ -38,17 +38,61 @@ class CoordAdapter(nn.Module):
         return self.conv(torch.cat([features, ys, xs], dim=1))
 
 
+class PositionNorm(nn.Module):
+    """Per-position running mean and variance of accepted patch scores; normalises maps to z-scores.
+
+    Normal appearance varies by position (tile edges, illumination falloff): a raw distance that is
+    ordinary at the border can be extreme in the centre. Statistics are learned online from the
+    scores each accepted image had *before* it was learned (no labels), with exponentially
+    decaying weights (window ``window`` images). Until ``min_count`` images were seen the raw
+    scores pass through. Buffers: ``mean (h, w)``, ``var (h, w)`` float32, ``count () int64``.
+    """
+
+    def __init__(self, grid: tuple[int, int], window: int = 64, min_count: int = 8, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.window = window
+        self.min_count = min_count
+        self.eps = eps
+        self.register_buffer("mean", torch.zeros(grid))
+        self.register_buffer("var", torch.zeros(grid))
+        self.register_buffer("count", torch.zeros((), dtype=torch.int64))
+
+    @property
+    def ready(self) -> bool:
+        """Whether maps are normalised yet."""
+        return int(self.count) >= self.min_count
+
+    @torch.no_grad()
+    def update(self, patch: torch.Tensor) -> None:
+        """Add one image's raw patch scores ``(h, w) float32`` (ignored unless all finite)."""
+        if not bool(torch.isfinite(patch).all()):
+            return
+        self.count += 1
+        alpha = max(1.0 / int(self.count), 1.0 / self.window)
+        delta = patch - self.mean
+        self.mean += alpha * delta
+        self.var.copy_((1.0 - alpha) * (self.var + alpha * delta * delta))
+
+    def forward(self, patch: torch.Tensor) -> torch.Tensor:
+        """``(B, h, w)`` raw scores -> z-scores (or unchanged before ``min_count``)."""
+        if not self.ready:
+            return patch
+        return (patch - self.mean) / (self.var + self.eps).sqrt()
+
+
 class Scores(NamedTuple):
     """Scores of a batch.
 
     Attributes:
         embeddings: ``(B, h*w, D') float32`` adapter outputs (reused by the online update).
-        nearest: :class:`Nearest` over the flattened ``B*h*w`` patches.
-        patch: ``(B, h, w) float32`` patch scores.
+        nearest: :class:`Nearest` over the flattened ``B*h*w`` patches (raw distances).
+        raw: ``(B, h, w) float32`` raw patch scores (distances).
+        patch: ``(B, h, w) float32`` patch scores after position normalisation.
     """
 
     embeddings: torch.Tensor
     nearest: Nearest
+    raw: torch.Tensor
     patch: torch.Tensor
 
 
@@ -74,6 +118,7 @@ class LemoModel(nn.Module):
         else:
             scale = float(config.extra.get("init_scale", 1.0))
             self.memory = LearnedMemory(config.memory_size, dim, scale=scale, seed=config.seed)
+        self.position_norm = PositionNorm(self.grid, config.position_window) if config.position_norm else None
 
     def check_features(self, features: torch.Tensor) -> None:
         """Raise InputError unless ``features`` is ``(B, D, h, w)`` float for this model."""
@@ -97,7 +142,9 @@ class LemoModel(nn.Module):
         else:
             with torch.no_grad():
                 nearest = nearest_memory(emb.detach().reshape(b * p, d), items, min(self.config.score_k, items.shape[0]))
-        return Scores(emb, nearest, nearest.score.view(b, *self.grid))
+        raw = nearest.score.view(b, *self.grid)
+        patch = self.position_norm(raw) if self.position_norm is not None else raw
+        return Scores(emb, nearest, raw, patch)
 
     def maps(self, patch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Anomaly maps ``(B, S, S) float32`` and image scores ``(B,) float32`` from patch scores."""

@@ -24,10 +24,18 @@ class Nearest(NamedTuple):
     Attributes:
         score: ``(N,) float32``: distance to the nearest item, or the mean over the ``k`` nearest.
         index: ``(N,) int64``: index of the nearest item (the online update reuses it).
+        distance: ``(N,) float32`` distance to the nearest item when ``k > 1`` (``None``: same as
+            ``score``); the coreset memory's coverage test uses it.
     """
 
     score: torch.Tensor
     index: torch.Tensor
+    distance: torch.Tensor | None = None
+
+    @property
+    def nearest_distance(self) -> torch.Tensor:
+        """``(N,) float32`` distance to the nearest item."""
+        return self.score if self.distance is None else self.distance
 
 
 def squared_distances(z: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
@@ -62,7 +70,7 @@ def nearest_memory(z: torch.Tensor, memory: torch.Tensor, k: int = 1) -> Nearest
     if not 1 <= k <= memory.shape[0]:
         raise InputError(f"nearest_memory: expected 1 <= k <= K={memory.shape[0]}, got k={k}")
     rows = max(1, _BLOCK_ENTRIES // max(1, memory.shape[0]))
-    scores, indices = [], []
+    scores, indices, nearest = [], [], []
     for start in range(0, z.shape[0], rows):
         d2 = squared_distances(z[start : start + rows], memory)
         if k == 1:
@@ -70,10 +78,12 @@ def nearest_memory(z: torch.Tensor, memory: torch.Tensor, k: int = 1) -> Nearest
             scores.append(best.sqrt())
         else:
             best, order = d2.topk(k, dim=1, largest=False)
-            scores.append(best.sqrt().mean(1))
+            root = best.sqrt()
+            scores.append(root.mean(1))
+            nearest.append(root[:, 0])
             idx = order[:, 0]
         indices.append(idx)
-    return Nearest(torch.cat(scores), torch.cat(indices))
+    return Nearest(torch.cat(scores), torch.cat(indices), torch.cat(nearest) if nearest else None)
 
 
 def gaussian_kernel1d(sigma: float, device: torch.device | None = None) -> torch.Tensor:

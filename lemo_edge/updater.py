@@ -78,8 +78,11 @@ class OnlineUpdater:
         if not accept:
             self.stats.rejected += 1
             return False
-        if bool(torch.isfinite(scores.nearest.score).all()):
+        norm = self.model.position_norm
+        if bool(torch.isfinite(scores.raw).all()) and (norm is None or norm.ready):
             self.threshold.update(image_score)
+        if norm is not None:
+            norm.update(scores.raw[0])
         self.learn(features, scores)
         self.stats.updates += 1
         return True
@@ -89,7 +92,7 @@ class OnlineUpdater:
         memory = self.model.memory
         z = scores.embeddings[0].detach()
         if isinstance(memory, CoresetMemory):
-            self.stats.inserted += memory.insert(z, scores.nearest.score)
+            self.stats.inserted += memory.insert(z, scores.nearest.nearest_distance)
             if self.optimizer is not None:
                 self._gradient_steps(features)
             return
@@ -97,7 +100,7 @@ class OnlineUpdater:
         self._gradient_steps(features)
         memory.mark_used(scores.nearest.index)
         if self.config.reseed_after > 0:
-            self.stats.reseeded += memory.reseed(z, scores.nearest.score, self.config.reseed_after)
+            self.stats.reseeded += memory.reseed(z, scores.nearest.nearest_distance, self.config.reseed_after)
         if self.config.refresh_every > 0 and int(memory.step) % self.config.refresh_every == 0:
             self.stats.refreshed += memory.refresh(z, self.config.refresh_min_patches)
 

@@ -1,0 +1,50 @@
+"""Per-frame records passed from sources through the inspection loop to the sinks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(eq=False)
+class Frame:
+    """One captured frame.
+
+    Attributes:
+        image: ``(H, W, 3) uint8`` RGB, host memory, C-contiguous.
+        index: position of the frame in its source (0, 1, 2, ... over the frames delivered by the capture thread;
+            skipped frames get no index, dropped frames leave gaps).
+        timestamp: wall-clock capture time, seconds since the epoch (``time.time()``).
+        label: ground-truth label (0 normal, 1 anomalous) when the source knows it (synthetic, datasets), else None.
+        mask: ``(H, W) uint8`` ground-truth defect mask (non-zero = defect) when known, else None.
+        name: file name or sample name when the source has one, else ``""``.
+    """
+
+    image: np.ndarray
+    index: int
+    timestamp: float
+    label: int | None = None
+    mask: np.ndarray | None = None
+    name: str = ""
+
+
+@dataclass(eq=False)
+class FrameResult:
+    """What the inspection loop decided for one frame.
+
+    Attributes:
+        score: image anomaly score (larger = more anomalous).
+        anomaly_map: ``(H, W) float32`` per-pixel anomaly scores at the frame's size, or None when not computed.
+        is_anomaly: decision, ``score > threshold``.
+        threshold: decision threshold in use for this frame.
+        updated: whether the frame was used for the online memory update.
+        latency_ms: per-stage latency in milliseconds, e.g. ``{"backbone": 3.1, "total": 5.0}``.
+    """
+
+    score: float
+    anomaly_map: np.ndarray | None
+    is_anomaly: bool
+    threshold: float
+    updated: bool
+    latency_ms: dict[str, float] = field(default_factory=dict)
