@@ -97,12 +97,12 @@ def aupro(maps: np.ndarray, masks: np.ndarray, fpr_limit: float = 0.3, steps: in
     if not masks.any() or masks.all():
         raise InputError("aupro: expected both defect and normal pixels in the masks")
     normal = np.sort(maps[~masks])
-    # thresholds from high to low: FPR 0 .. fpr_limit
+    # thresholds from high to low at quantiles of the normal pixels (FPR 0 .. fpr_limit), then -inf
     fprs = np.linspace(0.0, fpr_limit, steps)
     idx = np.clip(np.ceil((1.0 - fprs) * normal.size).astype(np.int64) - 1, 0, normal.size - 1)
-    thresholds = normal[idx]
-    real_fpr = 1.0 - np.searchsorted(normal, thresholds, side="right") / normal.size
-    pro = np.zeros(steps)
+    thresholds = np.r_[np.inf, normal[idx], -np.inf]
+    fpr = 1.0 - np.searchsorted(normal, thresholds, side="right") / normal.size
+    pro = np.zeros(thresholds.size)
     regions = 0
     for m, mask in zip(maps, masks, strict=True):
         if not mask.any():
@@ -114,6 +114,12 @@ def aupro(maps: np.ndarray, masks: np.ndarray, fpr_limit: float = 0.3, steps: in
             pro += above / values.size
             regions += 1
     pro /= regions
-    order = np.argsort(real_fpr)
-    x = np.clip(real_fpr[order], 0.0, fpr_limit)
-    return float(np.trapezoid(pro[order], x) / fpr_limit)
+    order = np.lexsort((pro, fpr))
+    fpr, pro = fpr[order], pro[order]
+    inside = fpr <= fpr_limit
+    j = int(np.argmax(~inside)) if (~inside).any() else fpr.size
+    x, y = fpr[:j], pro[:j]
+    if j < fpr.size and x.size:
+        t = (fpr_limit - x[-1]) / max(fpr[j] - x[-1], 1e-12)
+        x, y = np.r_[x, fpr_limit], np.r_[y, y[-1] + t * (pro[j] - y[-1])]
+    return float(np.trapezoid(y, x) / fpr_limit)
