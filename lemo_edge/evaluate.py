@@ -87,8 +87,9 @@ def score_model(model: LemoModel, features: torch.Tensor, batch: int = 16) -> tu
     return np.concatenate(maps), np.concatenate(scores)
 
 
-def score_bank(bank: torch.Tensor, features: torch.Tensor, size: int, sigma: float, k: int = 1, batch: int = 16
-               ) -> tuple[np.ndarray, np.ndarray]:
+def score_bank(
+    bank: torch.Tensor, features: torch.Tensor, size: int, sigma: float, k: int = 1, batch: int = 16
+) -> tuple[np.ndarray, np.ndarray]:
     """Maps and image scores of cached features against a plain memory bank ``(n, D)``."""
     maps, scores = [], []
     for start in range(0, features.shape[0], batch):
@@ -102,12 +103,19 @@ def score_bank(bank: torch.Tensor, features: torch.Tensor, size: int, sigma: flo
     return np.concatenate(maps), np.concatenate(scores)
 
 
-def compute_metrics(maps: np.ndarray, scores: np.ndarray, test: Encoded, threshold: float | None = None,
-                    full: bool = True) -> dict[str, Any]:
-    """Image/pixel AUROC (and AUPRO, F1-max, rates at the threshold when ``full``)."""
+def compute_metrics(
+    maps: np.ndarray, scores: np.ndarray, test: Encoded, threshold: float | None = None, full: bool = True
+) -> dict[str, Any]:
+    """Image/pixel AUROC (and AUPRO, F1-max, rates at the threshold when ``full``).
+
+    With ``full=False`` (few-shot checkpoints) the pixel AUROC is computed on maps and masks
+    subsampled by 4 in each direction, which is 16 times cheaper and within about 0.002 of the
+    full-resolution value on Magnetic Tile.
+    """
+    step = 1 if full else 4
     out: dict[str, Any] = {
         "image_auroc": metrics.image_auroc(scores, test.labels),
-        "pixel_auroc": metrics.pixel_auroc(maps, test.masks),
+        "pixel_auroc": metrics.pixel_auroc(maps[:, ::step, ::step], test.masks[:, ::step, ::step]),
     }
     if full:
         out["aupro"] = metrics.aupro(maps, test.masks)
@@ -115,6 +123,23 @@ def compute_metrics(maps: np.ndarray, scores: np.ndarray, test: Encoded, thresho
         if threshold is not None and math.isfinite(threshold):
             out.update(metrics.rates_at_threshold(scores, test.labels, threshold))
     return out
+
+
+# Few-shot checkpoints (all but the last) are scored on this seeded fraction of the test images.
+FEWSHOT_FRACTION = 0.25
+
+
+def subset(test: Encoded, fraction: float, seed: int) -> Encoded:
+    """A seeded, class-stratified fraction of ``test`` (at least 2 images of each class)."""
+    rng = np.random.default_rng(seed)
+    keep = []
+    for label in (0, 1):
+        idx = np.flatnonzero(test.labels == label)
+        keep.extend(rng.choice(idx, size=min(idx.size, max(2, round(fraction * idx.size))), replace=False))
+    keep = np.sort(np.asarray(keep, dtype=np.int64))
+    return Encoded(
+        test.features[torch.from_numpy(keep)], test.labels[keep], test.masks[keep], [test.names[i] for i in keep]
+    )
 
 
 def checkpoints_for(n: int) -> list[int]:
@@ -147,8 +172,17 @@ class Evaluator:
         baselines: baselines to run beside the model.
     """
 
-    def __init__(self, config: ModelConfig, data: DatasetSplits, extract: Extract, spec: Any, seed: int = 0,
-                 baselines: Sequence[str] = BASELINES, fewshot: bool = True) -> None:
+    def __init__(
+        self,
+        config: ModelConfig,
+        data: DatasetSplits,
+        extract: Extract,
+        spec: Any,
+        seed: int = 0,
+        baselines: Sequence[str] = BASELINES,
+        fewshot: bool = True,
+        cache: dict[tuple[Any, ...], Encoded] | None = None,
+    ) -> None:
         unknown = sorted(set(baselines) - set(BASELINES))
         if unknown:
             raise ValueError(f"baselines: unknown {unknown}; valid: {list(BASELINES)}")
@@ -159,7 +193,15 @@ class Evaluator:
         self.seed = seed
         self.baselines = tuple(baselines)
         self.fewshot = fewshot
+        self.cache = cache if cache is not None else {}
         self.timings: dict[str, float] = {}
+
+    def _encoded(self, split: str, items: list[Any], size: int, keep: Sequence[int] = ()) -> Encoded:
+        """Encode ``items`` once per (split, size, backbone); later runs reuse ``self.cache``."""
+        key = (self.data.name, split, size, self.config.backbone)
+        if key not in self.cache:
+            self.cache[key] = encode(items, self.extract, size, f"encode {split}", keep=keep)
+        return self.cache[key]
 
     def _order(self, n: int) -> list[int]:
         generator = torch.Generator().manual_seed(self.seed)
@@ -180,10 +222,17 @@ class Evaluator:
         if protocol == "mixed":
             result = self._mixed()
         else:
-            result = self._online(epochs=1 if protocol == "online" else int(self.config.extra.get("epochs", 3)),
-                                  gated=protocol == "online")
-        result.update(protocol=protocol, seed=self.seed, config=self.config.to_dict(),
-                      memory_size=self.config.memory_size, dataset=self.data.name)
+            result = self._online(
+                epochs=1 if protocol == "online" else int(self.config.extra.get("epochs", 3)),
+                gated=protocol == "online",
+            )
+        result.update(
+            protocol=protocol,
+            seed=self.seed,
+            config=self.config.to_dict(),
+            memory_size=self.config.memory_size,
+            dataset=self.data.name,
+        )
         self.timings["total_s"] = time.perf_counter() - t0
         result["timings"] = dict(self.timings)
         return result
@@ -195,30 +244,24 @@ class Evaluator:
         test_items = list(self.data.test_good) + list(self.data.test_defect)
         grid = self._grid_indices(test_items)
         t = time.perf_counter()
-        test = encode(test_items, self.extract, size, "encode test", keep=grid)
+        test = self._encoded("test", test_items, size, keep=grid)
         self.timings["encode_test_s"] = time.perf_counter() - t
         model = LemoModel(self.config, self.spec)
         updater = OnlineUpdater(model)
         order = self._order(len(self.data.train_good))
         checkpoints = set(checkpoints_for(len(order))) if self.fewshot and epochs == 1 else {len(order)}
+        fewshot_test = subset(test, FEWSHOT_FRACTION, self.seed)
         curve: list[dict[str, Any]] = []
-        train_feats = []
+        t = time.perf_counter()
+        train = self._encoded("train", list(self.data.train_good), size)
+        self.timings["encode_train_s"] = time.perf_counter() - t
         t = time.perf_counter()
         learn_s = 0.0
         for epoch in range(epochs):
-            for step, idx in enumerate(tqdm(order, desc=f"stream (epoch {epoch + 1})", unit="img", leave=False, disable=None), 1):
-                if epoch == 0:
-                    sample = resize_sample(self.data.train_good[idx].load(), (size, size))
-                    with torch.no_grad():
-                        feats = self.extract(image_tensor(sample.image)).float().cpu()
-                    if self.baselines:
-                        train_feats.append(feats[0].half())
-                else:
-                    feats = train_feats[step - 1][None].float() if train_feats else None
-                    if feats is None:
-                        sample = resize_sample(self.data.train_good[idx].load(), (size, size))
-                        with torch.no_grad():
-                            feats = self.extract(image_tensor(sample.image)).float().cpu()
+            for step, idx in enumerate(
+                tqdm(order, desc=f"stream (epoch {epoch + 1})", unit="img", leave=False, disable=None), 1
+            ):
+                feats = train.features[idx : idx + 1].float()
                 t_learn = time.perf_counter()
                 scores = model.score(feats)
                 with torch.no_grad():
@@ -226,8 +269,8 @@ class Evaluator:
                 updater.observe(feats, scores, float(image_score[0]), force=not gated)
                 learn_s += time.perf_counter() - t_learn
                 if epoch == 0 and step in checkpoints and step != len(order):
-                    maps, s = score_model(model, test.features)
-                    point = compute_metrics(maps, s, test, full=False)
+                    maps, s = score_model(model, fewshot_test.features)
+                    point = compute_metrics(maps, s, fewshot_test, full=False)
                     point["images"] = step
                     curve.append(point)
                     log.info("after %d images: %s", step, point)
@@ -235,8 +278,9 @@ class Evaluator:
         self.timings["learn_per_image_ms"] = 1000.0 * learn_s / max(1, epochs * len(order))
         maps, s = score_model(model, test.features)
         headline = compute_metrics(maps, s, test, threshold=updater.threshold.value)
-        curve.append({"images": len(order), "image_auroc": headline["image_auroc"],
-                      "pixel_auroc": headline["pixel_auroc"]})
+        curve.append(
+            {"images": len(order), "image_auroc": headline["image_auroc"], "pixel_auroc": headline["pixel_auroc"]}
+        )
         result: dict[str, Any] = dict(headline)
         result.update(
             method=self.config.method,
@@ -248,8 +292,7 @@ class Evaluator:
         )
         result["_grid"] = _grid(test, maps, grid)
         if self.baselines:
-            stacked = torch.stack(train_feats) if train_feats else None
-            result["baselines"] = self._baselines(stacked, [order[i] for i in range(len(order))], test, result)
+            result["baselines"] = self._baselines(train.features[torch.tensor(order)], test, result)
         return result
 
     def _mixed(self) -> dict[str, Any]:
@@ -258,7 +301,7 @@ class Evaluator:
         streamed_defects, held_defects = defects[0::2], defects[1::2]
         held = list(self.data.test_good) + held_defects
         grid = self._grid_indices(held)
-        test = encode(held, self.extract, size, "encode held-out", keep=grid)
+        test = self._encoded("held-out", held, size, keep=grid)
         stream_items = list(self.data.train_good) + streamed_defects
         order = self._order(len(stream_items))
         model = LemoModel(self.config, self.spec)
@@ -291,8 +334,7 @@ class Evaluator:
             stream_length=len(order),
             stream_defect_fraction=float(labels.mean()),
             prequential_image_auroc=metrics.image_auroc(np.asarray(stream.scores), labels),
-            prequential_pixel_auroc=metrics.pixel_auroc(np.stack(pixel_maps).astype(np.float32),
-                                                        np.stack(pixel_masks)),
+            prequential_pixel_auroc=metrics.pixel_auroc(np.stack(pixel_maps).astype(np.float32), np.stack(pixel_masks)),
             defect_accept_rate=float(accepted[labels == 1].mean()) if (labels == 1).any() else 0.0,
             normal_accept_rate=float(accepted[labels == 0].mean()),
             roc={"lemo": _roc(s, test.labels)},
@@ -302,9 +344,8 @@ class Evaluator:
 
     # -- baselines ---------------------------------------------------------------------------
 
-    def _baselines(self, train: torch.Tensor | None, order: list[int], test: Encoded,
-                   result: dict[str, Any]) -> dict[str, Any]:
-        assert train is not None
+    def _baselines(self, train: torch.Tensor, test: Encoded, result: dict[str, Any]) -> dict[str, Any]:
+        """Run the baselines on the training features ``(N, D, h, w) float16`` in stream order."""
         size, sigma, k = self.config.size, self.config.sigma, self.config.memory_size
         dim = train.shape[1]
         patches = train.flatten(2).transpose(1, 2)  # (N, P, D) float16, in stream order
@@ -324,8 +365,11 @@ class Evaluator:
                 greedy = GreedyBank(k, dim)
                 for z in patches:
                     zf = z.float()
-                    nearest = nearest_memory(zf, greedy.items).score if greedy.items.shape[0] else torch.full(
-                        (zf.shape[0],), math.inf)
+                    nearest = (
+                        nearest_memory(zf, greedy.items).score
+                        if greedy.items.shape[0]
+                        else torch.full((zf.shape[0],), math.inf)
+                    )
                     greedy.add(zf, nearest)
                 bank, note = greedy.items, f"online, greedy bank of {k} (add above running p95, merge closest)"
             maps, s = score_bank(bank, test.features, size, sigma)
@@ -340,8 +384,11 @@ class Evaluator:
 def _roc(scores: np.ndarray, labels: np.ndarray) -> dict[str, list[float]]:
     fpr, tpr, _ = metrics.roc_curve(scores, labels)
     step = max(1, len(fpr) // 200)
-    return {"fpr": fpr[::step].tolist() + [1.0], "tpr": tpr[::step].tolist() + [1.0],
-            "auc": metrics.auroc(scores, labels)}
+    return {
+        "fpr": fpr[::step].tolist() + [1.0],
+        "tpr": tpr[::step].tolist() + [1.0],
+        "auc": metrics.auroc(scores, labels),
+    }
 
 
 def _grid(test: Encoded, maps: np.ndarray, indices: Sequence[int]) -> dict[str, Any]:

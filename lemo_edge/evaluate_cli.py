@@ -19,8 +19,9 @@ log = logging.getLogger(__name__)
 
 def add_parser(sub: Any) -> None:
     """Register the ``eval`` sub-command."""
-    p = sub.add_parser("eval", help="evaluate on a dataset (MVTec folder, manifest JSON or synthetic://)",
-                       description=__doc__)
+    p = sub.add_parser(
+        "eval", help="evaluate on a dataset (MVTec folder, manifest JSON or synthetic://)", description=__doc__
+    )
     p.add_argument("dataset", help="MVTec AD category folder, manifest (split.json or its folder), or synthetic://?...")
     p.add_argument("--protocol", choices=("online", "mixed", "offline"), default="online")
     p.add_argument("--backbone", default=None, help="timm backbone (default: tf_efficientnet_lite0)")
@@ -29,10 +30,18 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--method", choices=("coreset", "lemo"), default=None, help="memory (default: coreset)")
     p.add_argument("--memory-size", "-K", type=int, default=None, help="K, the number of memory items")
     p.add_argument("--size", type=int, default=None, help="input side in pixels, multiple of 32 (default 256)")
-    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="override any ModelConfig field (JSON value), e.g. --set score_k=3")
-    p.add_argument("--baselines", default="patchcore,greedy,reservoir",
-                   help="comma-separated baselines to run beside the model, or 'none'")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override any ModelConfig field (JSON value), e.g. --set score_k=3",
+    )
+    p.add_argument(
+        "--baselines",
+        default="patchcore,greedy,reservoir",
+        help="comma-separated baselines to run beside the model, or 'none'",
+    )
     p.add_argument("--no-fewshot", action="store_true", help="skip the intermediate few-shot checkpoints")
     p.add_argument("--json", dest="json_out", default=None, help="write the result JSON here")
     p.add_argument("--report", default=None, help="write a markdown report with plots into this folder")
@@ -43,8 +52,7 @@ def add_parser(sub: Any) -> None:
 def config_from_args(args: argparse.Namespace) -> ModelConfig:
     """Build the ModelConfig from the CLI flags and ``--set`` overrides."""
     changes: dict[str, Any] = {}
-    for key, attr in (("backbone", "backbone"), ("method", "method"), ("memory_size", "memory_size"),
-                      ("size", "size")):
+    for key, attr in (("backbone", "backbone"), ("method", "method"), ("memory_size", "memory_size"), ("size", "size")):
         value = getattr(args, attr)
         if value is not None:
             changes[key] = value
@@ -69,8 +77,9 @@ def run(args: argparse.Namespace) -> int:
     data = open_dataset(args.dataset, seed=args.seed)
     extract, spec = make_extractor(args.backend, config, weights=args.weights)
     try:
-        evaluator = Evaluator(config, data, extract, spec, seed=args.seed, baselines=baselines,
-                              fewshot=not args.no_fewshot)
+        evaluator = Evaluator(
+            config, data, extract, spec, seed=args.seed, baselines=baselines, fewshot=not args.no_fewshot
+        )
     except ValueError as err:
         raise InputError(str(err)) from err
     result = evaluator.run(args.protocol)
@@ -87,12 +96,16 @@ def run(args: argparse.Namespace) -> int:
 
 def summary_line(result: dict[str, Any]) -> str:
     """One line with the headline metrics and the baselines."""
-    parts = [f"{result['protocol']} {result['method']} K={result['memory_size']} (used {result['items_used']}): "
-             f"image AUROC {result['image_auroc']:.3f}, pixel AUROC {result['pixel_auroc']:.3f}, "
-             f"AUPRO {result['aupro']:.3f}, F1-max {result['f1_max']:.3f}"]
+    parts = [
+        f"{result['protocol']} {result['method']} K={result['memory_size']} (used {result['items_used']}): "
+        f"image AUROC {result['image_auroc']:.3f}, pixel AUROC {result['pixel_auroc']:.3f}, "
+        f"AUPRO {result['aupro']:.3f}, F1-max {result['f1_max']:.3f}"
+    ]
     if "defect_accept_rate" in result:
-        parts.append(f"prequential image AUROC {result['prequential_image_auroc']:.3f}, "
-                     f"defects accepted {100 * result['defect_accept_rate']:.1f}%")
+        parts.append(
+            f"prequential image AUROC {result['prequential_image_auroc']:.3f}, "
+            f"defects accepted {100 * result['defect_accept_rate']:.1f}%"
+        )
     for name, b in result.get("baselines", {}).items():
         parts.append(f"{name}: {b['image_auroc']:.3f}/{b['pixel_auroc']:.3f}")
     parts.append(f"{result['timings']['total_s']:.0f} s")
@@ -105,29 +118,49 @@ def write_report(result: dict[str, Any], grid: dict[str, Any] | None, out_dir: P
 
     out_dir.mkdir(parents=True, exist_ok=True)
     keys = ["image_auroc", "pixel_auroc", "aupro", "f1_max"]
-    rows = [{"method": f"LeMO ({result['method']}, K={result['memory_size']})", "items": result["items_used"],
-             **{k: f"{result[k]:.3f}" for k in keys}}]
+    rows = [
+        {
+            "method": f"LeMO ({result['method']}, K={result['memory_size']})",
+            "items": result["items_used"],
+            **{k: f"{result[k]:.3f}" for k in keys},
+        }
+    ]
     for name, b in result.get("baselines", {}).items():
         rows.append({"method": f"{name} ({b['note']})", "items": b["items"], **{k: f"{b[k]:.3f}" for k in keys}})
-    lines = [f"# lemo-edge eval: {result['dataset']}, protocol {result['protocol']}", "",
-             report.markdown_table(rows, ["method", "items", *keys]), ""]
+    lines = [
+        f"# lemo-edge eval: {result['dataset']}, protocol {result['protocol']}",
+        "",
+        report.markdown_table(rows, ["method", "items", *keys]),
+        "",
+    ]
     if "prequential_image_auroc" in result:
-        lines += [f"- prequential image AUROC (scored before learning): {result['prequential_image_auroc']:.3f}",
-                  f"- prequential pixel AUROC: {result['prequential_pixel_auroc']:.3f}",
-                  f"- streamed defects accepted for an update: {100 * result['defect_accept_rate']:.1f}%",
-                  f"- streamed normal images accepted: {100 * result['normal_accept_rate']:.1f}%", ""]
+        lines += [
+            f"- prequential image AUROC (scored before learning): {result['prequential_image_auroc']:.3f}",
+            f"- prequential pixel AUROC: {result['prequential_pixel_auroc']:.3f}",
+            f"- streamed defects accepted for an update: {100 * result['defect_accept_rate']:.1f}%",
+            f"- streamed normal images accepted: {100 * result['normal_accept_rate']:.1f}%",
+            "",
+        ]
     curves = {name: (np.asarray(r["fpr"]), np.asarray(r["tpr"]), r["auc"]) for name, r in result["roc"].items()}
     report.plot_roc(curves, out_dir / "roc.png")
     lines.append("![ROC curves](roc.png)")
     if len(result.get("fewshot", [])) > 1:
         points = result["fewshot"]
-        report.plot_fewshot([p["images"] for p in points],
-                            {k: [p[k] for p in points] for k in ("image_auroc", "pixel_auroc")},
-                            out_dir / "fewshot.png")
+        report.plot_fewshot(
+            [p["images"] for p in points],
+            {k: [p[k] for p in points] for k in ("image_auroc", "pixel_auroc")},
+            out_dir / "fewshot.png",
+        )
         lines.append("![few-shot curve](fewshot.png)")
     if grid:
-        report.plot_grid(grid["images"], grid["maps"], grid["masks"], grid["titles"], out_dir / "grid.png",
-                         vmax=result.get("threshold") if math.isfinite(result.get("threshold") or math.inf) else None)
+        report.plot_grid(
+            grid["images"],
+            grid["maps"],
+            grid["masks"],
+            grid["titles"],
+            out_dir / "grid.png",
+            vmax=result.get("threshold") if math.isfinite(result.get("threshold") or math.inf) else None,
+        )
         lines.append("![images, anomaly maps and masks](grid.png)")
     lines += ["", f"Total time: {result['timings']['total_s']:.1f} s.", ""]
     path = out_dir / "README.md"

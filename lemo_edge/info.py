@@ -39,8 +39,10 @@ def collect() -> dict[str, Any]:
         except MissingDependencyError as err:
             backbones.append((name, False, str(err)))
     sections: dict[str, Any] = {"backbones": backbones}
-    for section, module, func in (("backends", "lemo_edge.runtime.backends", "backend_status"),
-                                  ("scorers", "lemo_edge.runtime.scorers", "scorer_status")):
+    for section, module, func in (
+        ("backends", "lemo_edge.runtime.backends", "backend_status"),
+        ("scorers", "lemo_edge.runtime.scorers", "scorer_status"),
+    ):
         try:
             status = getattr(importlib.import_module(module), func)()
             sections[section] = [tuple(s) for s in status]
@@ -49,9 +51,15 @@ def collect() -> dict[str, Any]:
     cuda = torch.cuda.is_available()
     sections["environment"] = [
         ("python", True, platform.python_version()),
-        ("torch", True, f"{torch.__version__}, CUDA {'available: ' + torch.cuda.get_device_name(0) if cuda else 'not available'}"),
-    ] + [(pkg, _version(pkg) is not None, _version(pkg) or "not installed")
-         for pkg in ("timm", "onnxruntime", "onnxruntime-gpu", "tensorrt", "pycuda", "opencv-python-headless")]
+        (
+            "torch",
+            True,
+            f"{torch.__version__}, CUDA {'available: ' + torch.cuda.get_device_name(0) if cuda else 'not available'}",
+        ),
+    ] + [
+        (pkg, _version(pkg) is not None, _version(pkg) or "not installed")
+        for pkg in ("timm", "onnxruntime", "onnxruntime-gpu", "tensorrt", "pycuda", "opencv-python-headless")
+    ]
     return sections
 
 
@@ -59,8 +67,12 @@ def run(args: argparse.Namespace) -> int:
     """Entry of ``lemo-edge info``."""
     sections = collect()
     if args.json:
-        print(json.dumps({k: [{"name": n, "available": ok, "reason": r} for n, ok, r in v]
-                          for k, v in sections.items()}, indent=2))
+        print(
+            json.dumps(
+                {k: [{"name": n, "available": ok, "reason": r} for n, ok, r in v] for k, v in sections.items()},
+                indent=2,
+            )
+        )
         return 0
     for section, rows in sections.items():
         print(f"{section}:")

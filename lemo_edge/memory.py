@@ -43,9 +43,7 @@ class CoresetMemory(nn.Module):
     Buffers: ``bank (K, D) float32``, ``count () int64`` (valid rows), ``radius () float32``.
     """
 
-    def __init__(
-        self, capacity: int, dim: int, insert_per_image: int = 64, slack: float = 0.1
-    ) -> None:
+    def __init__(self, capacity: int, dim: int, insert_per_image: int = 64, slack: float = 0.1) -> None:
         super().__init__()
         self.capacity = capacity
         self.insert_per_image = insert_per_image

@@ -141,7 +141,9 @@ class LemoModel(nn.Module):
             nearest = Nearest(inf, torch.zeros(b * p, dtype=torch.int64, device=emb.device))
         else:
             with torch.no_grad():
-                nearest = nearest_memory(emb.detach().reshape(b * p, d), items, min(self.config.score_k, items.shape[0]))
+                nearest = nearest_memory(
+                    emb.detach().reshape(b * p, d), items, min(self.config.score_k, items.shape[0])
+                )
         raw = nearest.score.view(b, *self.grid)
         patch = self.position_norm(raw) if self.position_norm is not None else raw
         return Scores(emb, nearest, raw, patch)

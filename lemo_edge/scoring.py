@@ -66,7 +66,9 @@ def nearest_memory(z: torch.Tensor, memory: torch.Tensor, k: int = 1) -> Nearest
         :class:`Nearest` with ``score (N,) float32`` and ``index (N,) int64`` on ``z``'s device.
     """
     if z.ndim != 2 or memory.ndim != 2 or z.shape[1] != memory.shape[1]:
-        raise InputError(f"nearest_memory: expected z (N, D) and memory (K, D), got {describe(z)} and {describe(memory)}")
+        raise InputError(
+            f"nearest_memory: expected z (N, D) and memory (K, D), got {describe(z)} and {describe(memory)}"
+        )
     if not 1 <= k <= memory.shape[0]:
         raise InputError(f"nearest_memory: expected 1 <= k <= K={memory.shape[0]}, got k={k}")
     rows = max(1, _BLOCK_ENTRIES // max(1, memory.shape[0]))

@@ -46,11 +46,23 @@ class OnlineThreshold:
 
     def state_dict(self) -> dict[str, float]:
         """Plain numbers, for saving."""
-        return {"k": self.k, "window": self.window, "min_count": self.min_count, "count": self.count,
-                "mean": self.mean, "var": self.var}
+        return {
+            "k": self.k,
+            "window": self.window,
+            "min_count": self.min_count,
+            "count": self.count,
+            "mean": self.mean,
+            "var": self.var,
+        }
 
     @classmethod
     def from_state_dict(cls, state: dict[str, float]) -> OnlineThreshold:
         """Inverse of :meth:`state_dict`."""
-        return cls(k=float(state["k"]), window=int(state["window"]), min_count=int(state["min_count"]),
-                   count=int(state["count"]), mean=float(state["mean"]), var=float(state["var"]))
+        return cls(
+            k=float(state["k"]),
+            window=int(state["window"]),
+            min_count=int(state["min_count"]),
+            count=int(state["count"]),
+            mean=float(state["mean"]),
+            var=float(state["var"]),
+        )

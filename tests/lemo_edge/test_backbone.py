@@ -24,8 +24,16 @@ def _same_pad(x: torch.Tensor, k: int, s: int) -> torch.Tensor:
 
 
 def _bn(x: torch.Tensor, sd: dict, prefix: str) -> torch.Tensor:
-    return F.batch_norm(x, sd[f"{prefix}.running_mean"], sd[f"{prefix}.running_var"], sd[f"{prefix}.weight"],
-                        sd[f"{prefix}.bias"], False, 0.0, 1e-3)
+    return F.batch_norm(
+        x,
+        sd[f"{prefix}.running_mean"],
+        sd[f"{prefix}.running_var"],
+        sd[f"{prefix}.weight"],
+        sd[f"{prefix}.bias"],
+        False,
+        0.0,
+        1e-3,
+    )
 
 
 def _conv(x: torch.Tensor, w: torch.Tensor, s: int = 1, groups: int = 1) -> torch.Tensor:

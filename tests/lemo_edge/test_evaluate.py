@@ -21,8 +21,24 @@ def test_checkpoints_are_powers_of_two_and_the_end():
 @pytest.mark.parametrize("protocol", ["online", "mixed"])
 def test_eval_cli_writes_json_and_report(tmp_path, protocol, capsys):
     out = tmp_path / "r.json"
-    code = main(["eval", TINY, "--protocol", protocol, "--size", "64", "--memory-size", "256",
-                 "--baselines", "reservoir,greedy", "--json", str(out), "--report", str(tmp_path / "rep")])
+    code = main(
+        [
+            "eval",
+            TINY,
+            "--protocol",
+            protocol,
+            "--size",
+            "64",
+            "--memory-size",
+            "256",
+            "--baselines",
+            "reservoir,greedy",
+            "--json",
+            str(out),
+            "--report",
+            str(tmp_path / "rep"),
+        ]
+    )
     assert code == 0
     result = json.loads(out.read_text())
     for key in ("image_auroc", "pixel_auroc", "aupro", "f1_max"):
@@ -44,8 +60,27 @@ def test_eval_cli_writes_json_and_report(tmp_path, protocol, capsys):
 
 def test_eval_offline_protocol(tmp_path):
     out = tmp_path / "r.json"
-    assert main(["eval", TINY, "--protocol", "offline", "--size", "64", "-K", "128", "--baselines", "none",
-                 "--set", "extra={\"epochs\": 2}", "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                TINY,
+                "--protocol",
+                "offline",
+                "--size",
+                "64",
+                "-K",
+                "128",
+                "--baselines",
+                "none",
+                "--set",
+                'extra={"epochs": 2}',
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert json.loads(out.read_text())["protocol"] == "offline"
 
 

@@ -52,7 +52,9 @@ def test_coreset_inserts_farthest_first_and_respects_radius():
 
 def test_coreset_insert_checks_shapes():
     mem = CoresetMemory(capacity=4, dim=3)
-    with pytest.raises(InputError, match=r"insert: expected z \(P, D\) and nearest \(P,\), got \(5, 3\) float32 and \(4,\)"):
+    with pytest.raises(
+        InputError, match=r"insert: expected z \(P, D\) and nearest \(P,\), got \(5, 3\) float32 and \(4,\)"
+    ):
         mem.insert(torch.zeros(5, 3), torch.zeros(4))
 
 

@@ -30,7 +30,9 @@ def test_matches_brute_force_and_topk_mean():
 
 
 def test_nearest_memory_checks_shapes():
-    with pytest.raises(InputError, match=r"expected z \(N, D\) and memory \(K, D\), got \(4, 3\) float32 and \(2, 5\) float32"):
+    with pytest.raises(
+        InputError, match=r"expected z \(N, D\) and memory \(K, D\), got \(4, 3\) float32 and \(2, 5\) float32"
+    ):
         nearest_memory(torch.zeros(4, 3), torch.zeros(2, 5))
     with pytest.raises(InputError, match="expected 1 <= k <= K=2, got k=3"):
         nearest_memory(torch.zeros(4, 3), torch.zeros(2, 3), k=3)

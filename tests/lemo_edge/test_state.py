@@ -99,7 +99,8 @@ def test_interrupted_save_leaves_the_previous_state_loadable(tmp_path):
         st.save_state({str(tmp_path)!r}, trained())
     """)
     helper = tmp_path / "tests_helper.py"
-    helper.write_text(textwrap.dedent("""
+    helper.write_text(
+        textwrap.dedent("""
         import torch
         from lemo_edge.backbone import FeatureLevel, FeatureSpec
         from lemo_edge.config import ModelConfig
@@ -112,9 +113,15 @@ def test_interrupted_save_leaves_the_previous_state_loadable(tmp_path):
             f = torch.randn(1, 6, 8, 8) * 5
             u.observe(f, model.score(f), 0.0, force=True)
             return u
-    """))
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    """)
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+    )
     assert proc.stdout.readline().strip() == "writing"
     proc.kill()
     proc.wait()
