@@ -34,11 +34,12 @@ def kcenter_greedy(x: torch.Tensor, k: int, projection_dim: int = 128, seed: int
     chosen = torch.empty(k, dtype=torch.int64)
     start = int(torch.randint(0, x.shape[0], (1,), generator=generator))
     chosen[0] = start
-    dist = (x - x[start]).pow(2).sum(1)
+    sq = (x * x).sum(1)
+    dist = sq - 2.0 * (x @ x[start]) + sq[start]
     for i in range(1, k):
         nxt = int(dist.argmax())
         chosen[i] = nxt
-        dist = torch.minimum(dist, (x - x[nxt]).pow(2).sum(1))
+        torch.minimum(dist, sq - 2.0 * (x @ x[nxt]) + sq[nxt], out=dist)
     return chosen
 
 

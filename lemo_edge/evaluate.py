@@ -278,6 +278,7 @@ class Evaluator:
         self.timings["learn_per_image_ms"] = 1000.0 * learn_s / max(1, epochs * len(order))
         maps, s = score_model(model, test.features)
         headline = compute_metrics(maps, s, test, threshold=updater.threshold.value)
+        log.info("after all %d images: %s", len(order), headline)
         curve.append(
             {"images": len(order), "image_auroc": headline["image_auroc"], "pixel_auroc": headline["pixel_auroc"]}
         )
