@@ -6,6 +6,9 @@ import importlib.util
 import os
 from pathlib import Path
 
+# Idle OpenMP threads sleep instead of spinning (tests start subprocesses that share the 2 cores).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
