@@ -18,9 +18,13 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# The inspection loop on the built-in synthetic stream (10% defects), then the evaluation report.
 demo: install
+	rm -rf reports/demo
+	$(BIN)/lemo-edge run "synthetic://?defect_rate=0.1&seed=0" reports/demo/events.jsonl reports/demo/anomalies/ \
+		--frames 300 --headless --state reports/demo/state --summary-json reports/demo/run-summary.json
 	$(BIN)/lemo-edge eval "synthetic://?seed=0" --protocol mixed --report reports/demo --json reports/demo/result.json
-	@echo "report: reports/demo/README.md"
+	@echo "report: reports/demo/README.md; events: reports/demo/events.jsonl; anomaly overlays: reports/demo/anomalies/"
 
 test: install
 	$(BIN)/python -m pytest -q
