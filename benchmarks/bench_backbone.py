@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
 from lemo_edge.runtime.backends import OrtFeatureExtractor, create_backend, physical_cores
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -53,9 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("bench_kernel: no CUDA GPU visible to torch; this benchmark needs one", file=sys.stderr)
         return 2
-    from lemo_edge.runtime.scorers import CudaMemoryScorer, TorchMemoryScorer
-
     from lemo_edge.errors import LemoError
+    from lemo_edge.runtime.scorers import CudaMemoryScorer, TorchMemoryScorer
 
     try:
         cuda_scorer = CudaMemoryScorer()

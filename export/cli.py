@@ -52,9 +52,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run_onnx(args: argparse.Namespace) -> int:
     """Export, check and print the report; returns 0 (errors propagate as typed exceptions)."""
-    from lemo_edge.export.onnx import export_onnx
-
     from lemo_edge.backbone import create_feature_extractor
+    from lemo_edge.export.onnx import export_onnx
 
     extractor = create_feature_extractor(args.backbone, weights=args.weights)
     report = export_onnx(

@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
-from lemo_edge.export.cache import package_version
-from lemo_edge.export.errors import ExportError
 
 from lemo_edge.backbone import FeatureExtractor, FeatureLevel, FeatureSpec, check_input_size
 from lemo_edge.errors import InputError, MissingDependencyError
+from lemo_edge.export.cache import package_version
+from lemo_edge.export.errors import ExportError
 
 if TYPE_CHECKING:
     import onnx
@@ -518,9 +518,8 @@ def cached_onnx(
     The file lives in ``<cache>/onnx/`` (see :mod:`lemo_edge.export.cache`), named by backbone, input
     size, opset and lemo-edge version, and is written atomically.
     """
-    from lemo_edge.export.cache import cache_subdir
-
     from lemo_edge.backbone import create_feature_extractor
+    from lemo_edge.export.cache import cache_subdir
 
     h, w = check_input_size(size)
     folder = cache_subdir("onnx", cache_dir)

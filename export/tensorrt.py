@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+
+from lemo_edge.errors import BackendUnavailableError, InputError, MissingDependencyError
 from lemo_edge.export.cache import cache_subdir, package_version
 from lemo_edge.export.errors import EngineCacheError, ExportError
 from lemo_edge.export.onnx import INPUT_NAME, OUTPUT_NAME, read_model_info
-
-from lemo_edge.errors import BackendUnavailableError, InputError, MissingDependencyError
 
 log = logging.getLogger(__name__)
 

@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-from lemo_edge.export.onnx import INPUT_NAME, OUTPUT_NAME
-from lemo_edge.runtime.protocols import FeatureBackend
 
 from lemo_edge.backbone import DEFAULT_BACKBONE, FeatureExtractor, FeatureSpec, check_input_size
 from lemo_edge.errors import BackendUnavailableError, InputError, LemoError, MissingDependencyError, describe
+from lemo_edge.export.onnx import INPUT_NAME, OUTPUT_NAME
+from lemo_edge.runtime.protocols import FeatureBackend
 
 log = logging.getLogger(__name__)
 

@@ -11,10 +11,10 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
-from lemo_edge.runtime.kernels.loader import KernelCompileError, kernel_status, load_kernel
-from lemo_edge.runtime.protocols import Scorer
 
 from lemo_edge.errors import BackendUnavailableError, InputError, MissingDependencyError, describe
+from lemo_edge.runtime.kernels.loader import KernelCompileError, kernel_status, load_kernel
+from lemo_edge.runtime.protocols import Scorer
 from lemo_edge.scoring import Nearest, nearest_memory
 
 log = logging.getLogger(__name__)

@@ -11,6 +11,8 @@ import torch
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
+from lemo_edge.backbone import PACKAGED, FeatureExtractor, create_feature_extractor  # noqa: E402
+from lemo_edge.errors import InputError, MissingDependencyError  # noqa: E402
 from lemo_edge.export import ExportError  # noqa: E402
 from lemo_edge.export.onnx import (  # noqa: E402
     TENSORRT_OPS_FILE,
@@ -21,9 +23,6 @@ from lemo_edge.export.onnx import (  # noqa: E402
     read_model_info,
     verify_onnx,
 )
-
-from lemo_edge.backbone import PACKAGED, FeatureExtractor, create_feature_extractor  # noqa: E402
-from lemo_edge.errors import InputError, MissingDependencyError  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,8 @@ import torch
 
 onnx = pytest.importorskip("onnx")
 
+from lemo_edge.backbone import PACKAGED  # noqa: E402
+from lemo_edge.errors import BackendUnavailableError, InputError, MissingDependencyError  # noqa: E402
 from lemo_edge.export import EngineCacheError  # noqa: E402
 from lemo_edge.export import tensorrt as trt_export  # noqa: E402
 from lemo_edge.export.onnx import model_metadata  # noqa: E402
@@ -28,9 +30,6 @@ from lemo_edge.export.tensorrt import (  # noqa: E402
     sha256_file,
     sidecar_path,
 )
-
-from lemo_edge.backbone import PACKAGED  # noqa: E402
-from lemo_edge.errors import BackendUnavailableError, InputError, MissingDependencyError  # noqa: E402
 
 KEY = EngineKey(
     onnx_sha256="a" * 64,
@@ -217,10 +216,9 @@ def _tensorrt_ready() -> str | None:
 @pytest.mark.skipif(_tensorrt_ready() is not None, reason=f"needs TensorRT 10 and a GPU: {_tensorrt_ready()}")
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_build_and_run_engine_matches_torch(tmp_path: Path, precision: str) -> None:
+    from lemo_edge.backbone import create_feature_extractor
     from lemo_edge.export.onnx import export_onnx
     from lemo_edge.runtime.backends import TrtFeatureExtractor
-
-    from lemo_edge.backbone import create_feature_extractor
 
     extractor = create_feature_extractor()
     report = export_onnx(extractor, tmp_path / "model.onnx")

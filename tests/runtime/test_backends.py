@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from lemo_edge.backbone import PACKAGED
+from lemo_edge.errors import InputError, MissingDependencyError
 from lemo_edge.runtime.backends import (
     BACKENDS,
     OrtFeatureExtractor,
@@ -17,9 +20,6 @@ from lemo_edge.runtime.backends import (
     physical_cores,
 )
 from lemo_edge.runtime.protocols import FeatureBackend
-
-from lemo_edge.backbone import PACKAGED
-from lemo_edge.errors import InputError, MissingDependencyError
 
 pytest.importorskip("onnxruntime")
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from lemo_edge.errors import InputError, MissingDependencyError
 from lemo_edge.runtime.kernels.loader import (
     ENTRY_POINTS,
     SOURCE,
@@ -16,8 +18,6 @@ from lemo_edge.runtime.kernels.loader import (
     compile_kernel,
     find_nvcc,
 )
-
-from lemo_edge.errors import InputError, MissingDependencyError
 from lemo_edge.scoring import nearest_memory
 
 

@@ -14,6 +14,10 @@ import cv2
 import numpy as np
 import pytest
 import torch
+
+from lemo_edge.config import ModelConfig
+from lemo_edge.errors import InputError, StateError
+from lemo_edge.model import LemoModel
 from lemo_edge.runtime.cli import ModuleBackend
 from lemo_edge.runtime.frames import Frame, FrameResult
 from lemo_edge.runtime.loop import (
@@ -26,10 +30,6 @@ from lemo_edge.runtime.loop import (
 )
 from lemo_edge.runtime.sinks import EventsSink
 from lemo_edge.runtime.sources import SourceStats, open_source
-
-from lemo_edge.config import ModelConfig
-from lemo_edge.errors import InputError, StateError
-from lemo_edge.model import LemoModel
 from lemo_edge.scoring import nearest_memory
 from lemo_edge.state import load_state
 from lemo_edge.synthetic import synthetic_sample

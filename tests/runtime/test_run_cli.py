@@ -14,12 +14,12 @@ from pathlib import Path
 import cv2
 import pytest
 import torch
-from lemo_edge.runtime.cli import ModuleBackend, resolve_backend, resolve_scorer
 
 from lemo_edge.backbone import resolve_spec
 from lemo_edge.cli import main
 from lemo_edge.config import ModelConfig
 from lemo_edge.errors import BackendUnavailableError, InputError
+from lemo_edge.runtime.cli import ModuleBackend, resolve_backend, resolve_scorer
 from lemo_edge.state import load_state, read_state
 from lemo_edge.synthetic import synthetic_sample
 

@@ -7,6 +7,8 @@ import sys
 
 import pytest
 import torch
+
+from lemo_edge.errors import BackendUnavailableError, InputError
 from lemo_edge.runtime.protocols import Scorer
 from lemo_edge.runtime.scorers import (
     SCORERS,
@@ -16,8 +18,6 @@ from lemo_edge.runtime.scorers import (
     scorer_status,
     select_scorer,
 )
-
-from lemo_edge.errors import BackendUnavailableError, InputError
 from lemo_edge.scoring import nearest_memory
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
+from lemo_edge.errors import InputError
 from lemo_edge.runtime.frames import Frame, FrameResult
 from lemo_edge.runtime.sinks import (
     EventsSink,
@@ -19,8 +21,6 @@ from lemo_edge.runtime.sinks import (
     open_sinks,
     render_overlay,
 )
-
-from lemo_edge.errors import InputError
 
 H, W = 64, 96
 THRESHOLD = 2.0

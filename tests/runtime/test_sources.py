@@ -11,6 +11,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
+from lemo_edge.errors import InputError, SourceError
 from lemo_edge.runtime.frames import Frame
 from lemo_edge.runtime.sources import (
     CaptureSource,
@@ -20,8 +22,6 @@ from lemo_edge.runtime.sources import (
     cv_to_rgb,
     open_source,
 )
-
-from lemo_edge.errors import InputError, SourceError
 
 H, W = 48, 64
 
