@@ -18,6 +18,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -190,7 +191,7 @@ def resolve_spec(name: str, levels: tuple[int, ...] | None = None) -> FeatureSpe
         return PACKAGED[name].spec
     import timm
 
-    probe = timm.create_model(name, pretrained=False, features_only=True)
+    probe: Any = timm.create_model(name, pretrained=False, features_only=True)
     info = probe.feature_info
     strides, channels = info.reduction(), info.channels()
     if levels is None:
@@ -198,7 +199,7 @@ def resolve_spec(name: str, levels: tuple[int, ...] | None = None) -> FeatureSpe
     bad = [i for i in levels if not 0 <= i < len(strides)]
     if bad:
         raise InputError(f"backbone {name!r}: feature levels must be in 0..{len(strides) - 1}, got {bad}")
-    cfg = probe.pretrained_cfg or {}
+    cfg: dict[str, Any] = probe.pretrained_cfg or {}
     mean = tuple(cfg.get("mean", IMAGENET_MEAN))
     std = tuple(cfg.get("std", IMAGENET_STD))
     return FeatureSpec(
@@ -215,6 +216,9 @@ class FeatureExtractor(nn.Module):
     ``forward``: ``(B, 3, H, W) uint8`` (RGB, H and W multiples of 32) ->
     ``(B, D, H / s, W / s) float32`` where ``s`` is the finest level's stride.
     """
+
+    mean: torch.Tensor
+    inv_std: torch.Tensor
 
     def __init__(self, spec: FeatureSpec, body: nn.Module) -> None:
         super().__init__()

@@ -132,13 +132,13 @@ FEWSHOT_FRACTION = 0.25
 def subset(test: Encoded, fraction: float, seed: int) -> Encoded:
     """A seeded, class-stratified fraction of ``test`` (at least 2 images of each class)."""
     rng = np.random.default_rng(seed)
-    keep = []
+    keep: list[int] = []
     for label in (0, 1):
         idx = np.flatnonzero(test.labels == label)
         keep.extend(rng.choice(idx, size=min(idx.size, max(2, round(fraction * idx.size))), replace=False))
-    keep = np.sort(np.asarray(keep, dtype=np.int64))
+    rows = np.sort(np.asarray(keep, dtype=np.int64))
     return Encoded(
-        test.features[torch.from_numpy(keep)], test.labels[keep], test.masks[keep], [test.names[i] for i in keep]
+        test.features[torch.from_numpy(rows)], test.labels[rows], test.masks[rows], [test.names[i] for i in rows]
     )
 
 
@@ -316,16 +316,16 @@ class Evaluator:
                 feats = self.extract(image_tensor(sample.image)).float().cpu()
             scores = model.score(feats)
             with torch.no_grad():
-                m, s = model.maps(scores.patch.detach())
-            accepted = updater.observe(feats, scores, float(s[0]))
-            stream.scores.append(float(s[0]))
+                m, image_score = model.maps(scores.patch.detach())
+            decided = updater.observe(feats, scores, float(image_score[0]))
+            stream.scores.append(float(image_score[0]))
             stream.labels.append(int(sample.label))
-            stream.accepted.append(accepted)
+            stream.accepted.append(decided)
             pixel_maps.append(m[0].numpy().astype(np.float16))
             pixel_masks.append(sample.mask if sample.mask is not None else np.zeros((size, size), np.uint8))
         self.timings["stream_s"] = time.perf_counter() - t
-        maps, s = score_model(model, test.features)
-        result: dict[str, Any] = compute_metrics(maps, s, test, threshold=updater.threshold.value)
+        maps, test_scores = score_model(model, test.features)
+        result: dict[str, Any] = compute_metrics(maps, test_scores, test, threshold=updater.threshold.value)
         labels = np.asarray(stream.labels)
         accepted = np.asarray(stream.accepted)
         result.update(
@@ -338,7 +338,7 @@ class Evaluator:
             prequential_pixel_auroc=metrics.pixel_auroc(np.stack(pixel_maps).astype(np.float32), np.stack(pixel_masks)),
             defect_accept_rate=float(accepted[labels == 1].mean()) if (labels == 1).any() else 0.0,
             normal_accept_rate=float(accepted[labels == 0].mean()),
-            roc={"lemo": _roc(s, test.labels)},
+            roc={"lemo": _roc(test_scores, test.labels)},
         )
         result["_grid"] = _grid(test, maps, grid)
         return result

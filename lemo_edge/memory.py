@@ -43,6 +43,10 @@ class CoresetMemory(nn.Module):
     Buffers: ``bank (K, D) float32``, ``count () int64`` (valid rows), ``radius () float32``.
     """
 
+    bank: torch.Tensor
+    count: torch.Tensor
+    radius: torch.Tensor
+
     def __init__(self, capacity: int, dim: int, insert_per_image: int = 64, slack: float = 0.1) -> None:
         super().__init__()
         self.capacity = capacity
@@ -140,6 +144,9 @@ class LearnedMemory(nn.Module):
     Parameters: ``items (K, D) float32``. Buffers: ``last_used (K,) int64`` (image step at which
     each item was last some patch's nearest), ``step () int64``.
     """
+
+    last_used: torch.Tensor
+    step: torch.Tensor
 
     def __init__(self, capacity: int, dim: int, scale: float = 1.0, seed: int = 0) -> None:
         super().__init__()

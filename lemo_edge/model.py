@@ -29,6 +29,7 @@ class CoordAdapter(nn.Module):
             self.conv.weight.zero_()
             eye = torch.eye(out_dim, in_dim)
             self.conv.weight[:, :in_dim, 0, 0] = eye
+            assert self.conv.bias is not None  # created with bias=True above
             self.conv.bias.zero_()
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
@@ -47,6 +48,10 @@ class PositionNorm(nn.Module):
     decaying weights (window ``window`` images). Until ``min_count`` images were seen the raw
     scores pass through. Buffers: ``mean (h, w)``, ``var (h, w)`` float32, ``count () int64``.
     """
+
+    mean: torch.Tensor
+    var: torch.Tensor
+    count: torch.Tensor
 
     def __init__(self, grid: tuple[int, int], window: int = 64, min_count: int = 8, eps: float = 1e-6) -> None:
         super().__init__()

@@ -29,7 +29,7 @@ class Nearest(NamedTuple):
     """
 
     score: torch.Tensor
-    index: torch.Tensor
+    index: torch.Tensor  # type: ignore[assignment]  # shadows tuple.index on purpose
     distance: torch.Tensor | None = None
 
     @property
