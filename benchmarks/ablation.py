@@ -41,48 +41,21 @@ PAPER = {
 }
 
 VARIANTS: dict[str, dict[str, Any]] = {
-    "default (coreset K=8192, top-3 score, position norm, gating)": {},
+    "default (coreset K=8192, top-3 score, position norm, gate mean+3std)": {},
+    "no gating": {"gate": False},
+    "gate at mean + 5 std": {"threshold_k": 5.0},
+    "paper as printed: learned memory K=10, loss sign as printed": PAPER,
+    "learned memory K=10, sign fixed": {**PAPER, "loss_sign": "fixed"},
+    "learned memory K=2048, sign fixed, + compactness + re-seeding": {
+        **PAPER, "loss_sign": "fixed", "memory_size": 2048, "compactness": 1.0, "reseed_after": 8},
+    "same + the paper's refresh": {**PAPER, "loss_sign": "fixed", "memory_size": 2048, "compactness": 1.0,
+                                   "reseed_after": 8, "refresh_every": 16},
+    "same without refresh, adapter frozen": {**PAPER, "loss_sign": "fixed", "memory_size": 2048, "compactness": 1.0,
+                                             "reseed_after": 8, "adapter": False},
     "K=4096": {"memory_size": 4096},
     "nearest-item score (k=1)": {"score_k": 1},
     "no position normalisation": {"position_norm": False},
-    "no gating": {"gate": False},
     "adapter learned (compactness to memory)": {"adapter": True},
-    "paper as printed: learned memory K=10, loss sign as printed": PAPER,
-    "learned memory K=10, sign fixed": {**PAPER, "loss_sign": "fixed"},
-    "learned memory K=2048, sign fixed": {**PAPER, "loss_sign": "fixed", "memory_size": 2048},
-    "+ compactness": {**PAPER, "loss_sign": "fixed", "memory_size": 2048, "compactness": 1.0},
-    "+ compactness + re-seeding": {
-        **PAPER,
-        "loss_sign": "fixed",
-        "memory_size": 2048,
-        "compactness": 1.0,
-        "reseed_after": 8,
-    },
-    "+ compactness + re-seeding + refresh": {
-        **PAPER,
-        "loss_sign": "fixed",
-        "memory_size": 2048,
-        "compactness": 1.0,
-        "reseed_after": 8,
-        "refresh_every": 16,
-    },
-    "+ compactness + re-seeding, adapter frozen": {
-        **PAPER,
-        "loss_sign": "fixed",
-        "memory_size": 2048,
-        "compactness": 1.0,
-        "reseed_after": 8,
-        "adapter": False,
-    },
-    "+ compactness + re-seeding + position norm, top-3": {
-        **PAPER,
-        "loss_sign": "fixed",
-        "memory_size": 2048,
-        "compactness": 1.0,
-        "reseed_after": 8,
-        "position_norm": True,
-        "score_k": 3,
-    },
 }
 
 
@@ -91,6 +64,7 @@ def main() -> int:
     parser.add_argument("dataset")
     parser.add_argument("--out", required=True, help="JSON output; a .md table is written beside it")
     parser.add_argument("--only", action="append", default=[], help="run only variants containing this text")
+    parser.add_argument("--skip", action="append", default=[], help="skip variants containing this text")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     data = open_dataset(args.dataset)
@@ -99,6 +73,8 @@ def main() -> int:
     rows, results = [], {}
     for name, changes in VARIANTS.items():
         if args.only and not any(text in name for text in args.only):
+            continue
+        if any(text in name for text in args.skip):
             continue
         config = ModelConfig().replace(**changes)
         t = time.perf_counter()

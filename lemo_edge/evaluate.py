@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -397,5 +398,5 @@ def _grid(test: Encoded, maps: np.ndarray, indices: Sequence[int]) -> dict[str, 
         "images": [test.images[i] for i in indices],
         "maps": [maps[i] for i in indices],
         "masks": [test.masks[i] if test.labels[i] else None for i in indices],
-        "titles": [f"{test.names[i]} ({'defect' if test.labels[i] else 'good'})" for i in indices],
+        "titles": [f"{Path(test.names[i]).name} ({'defect' if test.labels[i] else 'good'})" for i in indices],
     }
