@@ -13,16 +13,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
 
-from lemo_edge.backbone import create_feature_extractor
-from lemo_edge.config import ModelConfig
-from lemo_edge.datasets import open_dataset
-from lemo_edge.evaluate import Evaluator
-from lemo_edge.evaluate_cli import jsonable
-from lemo_edge.report import markdown_table
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as lemo_edge.cli does; set before torch is imported
+
+from lemo_edge.backbone import create_feature_extractor  # noqa: E402
+from lemo_edge.config import ModelConfig  # noqa: E402
+from lemo_edge.datasets import open_dataset  # noqa: E402
+from lemo_edge.evaluate import Evaluator  # noqa: E402
+from lemo_edge.evaluate_cli import jsonable  # noqa: E402
+from lemo_edge.report import markdown_table  # noqa: E402
 
 # Median norm of a tf_efficientnet_lite0 patch feature on Magnetic Tile (measured): the paper's
 # orthogonal noise is scaled to it ("at the features' norm").

@@ -113,8 +113,11 @@ class GreedyBank:
         candidates = torch.nonzero(nearest > self.level).flatten()
         candidates = candidates[nearest[candidates].argsort(descending=True)[: self.per_image]]
         self.bank = torch.cat([self.bank, z[candidates]])
-        while self.bank.shape[0] > self.capacity:
-            self._merge_closest(self.bank.shape[0] - self.capacity)
+        if self.bank.shape[0] > self.capacity:
+            # merge in batches down to 95% of K: the same closest-pair rule, one distance pass per batch
+            target = int(self.capacity * 0.95)
+            while self.bank.shape[0] > target:
+                self._merge_closest(self.bank.shape[0] - target)
 
     def _merge_closest(self, count: int) -> None:
         dist, index = nearest_other(self.bank)

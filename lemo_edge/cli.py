@@ -16,6 +16,8 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("export", "lemo_edge.export.cli"),
     ("run", "lemo_edge.runtime.cli"),
     ("bench", "lemo_edge.bench_cli"),
+    ("bundle", "lemo_edge.runtime.bundle"),
+    ("health", "lemo_edge.runtime.bundle"),
 )
 
 

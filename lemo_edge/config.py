@@ -73,7 +73,7 @@ class ModelConfig:
     refresh_min_patches: int = 2
     gate: bool = True
     warmup: int = 16
-    threshold_k: float = 3.0
+    threshold_k: float = 5.0
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
