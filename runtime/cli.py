@@ -100,6 +100,12 @@ def add_parser(sub: Any) -> None:
         metavar="N",
         help="torch CPU threads (default: usable cores - 1, leaving one to the capture thread)",
     )
+    p.add_argument(
+        "--mqtt-config",
+        default=None,
+        metavar="PATH",
+        help="MQTT credentials/TLS JSON for mqtt:// sinks (default $LEMO_EDGE_MQTT_CONFIG)",
+    )
     p.add_argument("--summary-json", default=None, metavar="PATH", help="also write the run summary as JSON")
     p.set_defaults(func=run)
 
@@ -249,10 +255,12 @@ def resolve_scorer(preference: str, config: ModelConfig, device: torch.device) -
     return scorer, reason
 
 
-def _open_sinks(uris: list[str], headless: bool, stack: contextlib.ExitStack) -> list[Any]:
+def _open_sinks(
+    uris: list[str], headless: bool, stack: contextlib.ExitStack, mqtt_config: str | None = None
+) -> list[Any]:
     from .sinks import open_sinks
 
-    sinks = open_sinks(uris, headless=headless)
+    sinks = open_sinks(uris, headless=headless, mqtt_config=mqtt_config)
     for sink in sinks:
         stack.callback(sink.close)
     return sinks
@@ -279,7 +287,7 @@ def run(args: argparse.Namespace) -> int:
             saved = store.saved_config()
             config = requested if explicit or saved is None else saved
             source = stack.enter_context(open_source(args.source, size=(config.size, config.size)))
-            sinks = _open_sinks(list(args.sinks), args.headless, stack)
+            sinks = _open_sinks(list(args.sinks), args.headless, stack, args.mqtt_config)
             backend, backend_reason = resolve_backend(args.backend, config, device)
             model_device = torch.device(getattr(backend, "device", device))  # onnxruntime may fall back to CPU
             scorer, scorer_reason = resolve_scorer(args.scorer, config, model_device)

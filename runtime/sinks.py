@@ -7,6 +7,8 @@ Accepted outputs (see :func:`open_sinks`):
   an overlay PNG for every anomalous frame.
 - ``run.mp4`` / ``run.avi``: :class:`VideoSink`, the overlay of every frame (``mp4v`` / ``MJPG``).
 - ``display://0``: :class:`DisplaySink`, an OpenCV window; skipped (logged) when headless or without a display.
+- ``mqtt://host:port/topic?heartbeat=10`` (``mqtts://`` for TLS): :class:`~lemo_edge.runtime.mqtt.MqttSink`, one
+  message per anomalous frame and heartbeats, through an on-disk queue (paho-mqtt, imported on use).
 
 ``file://PATH`` is accepted for the file outputs.
 """
@@ -34,7 +36,10 @@ from .frames import Frame, FrameResult
 log = logging.getLogger(__name__)
 
 VIDEO_FOURCC: dict[str, str] = {".mp4": "mp4v", ".avi": "MJPG"}
-ACCEPTED_SINKS = "PATH.jsonl, a folder (existing, trailing '/' or no suffix), PATH.mp4, PATH.avi, display://N"
+ACCEPTED_SINKS = (
+    "PATH.jsonl, a folder (existing, trailing '/' or no suffix), PATH.mp4, PATH.avi, display://N, "
+    "mqtt://host:port/topic"
+)
 
 # Weight of the heat map in the overlay blend.
 _HEAT_ALPHA = 0.45
@@ -320,7 +325,7 @@ class DisplaySink:
         return f"DisplaySink({self.window!r})"
 
 
-def _open_sink(uri: str, headless: bool) -> Sink | None:
+def _open_sink(uri: str, headless: bool, mqtt_config: str | Path | None = None) -> Sink | None:
     if not isinstance(uri, str) or not uri.strip():
         raise InputError(f"sink: expected a non-empty string ({ACCEPTED_SINKS}), got {uri!r}")
     text = uri.strip()
@@ -341,6 +346,10 @@ def _open_sink(uri: str, headless: bool) -> Sink | None:
             except BackendUnavailableError as exc:
                 log.warning("%s: skipped: %s", uri, exc)
                 return None
+        if scheme in ("mqtt", "mqtts"):
+            from .mqtt import MqttSink
+
+            return MqttSink(text, config_path=mqtt_config)
         if scheme != "file":
             raise InputError(f"{uri}: unknown sink scheme {scheme!r}; accepted: {ACCEPTED_SINKS}")
         text = rest
@@ -355,25 +364,27 @@ def _open_sink(uri: str, headless: bool) -> Sink | None:
     raise InputError(f"{uri}: unknown sink type {suffix!r}; accepted: {ACCEPTED_SINKS}")
 
 
-def open_sinks(uris: list[str], *, headless: bool) -> list[Sink]:
+def open_sinks(uris: list[str], *, headless: bool, mqtt_config: str | Path | None = None) -> list[Sink]:
     """Open the sinks named by ``uris`` (see the module docstring for the accepted forms).
 
     Args:
         uris: output URIs, e.g. ``["events.jsonl", "overlays/", "run.mp4", "display://0"]``.
         headless: never open a display; ``display://N`` is then logged and skipped (as it is without a display).
+        mqtt_config: MQTT credentials/TLS file for ``mqtt://`` sinks (default ``$LEMO_EDGE_MQTT_CONFIG``).
 
     Returns:
         The opened sinks, in the order of ``uris`` (skipped displays left out).
 
     Raises:
-        InputError: an unknown scheme or suffix (sinks opened before it are closed again).
+        InputError: an unknown scheme or suffix, or a bad ``mqtt://`` URI (sinks opened before it are closed again).
+        MissingDependencyError: an ``mqtt://`` sink without paho-mqtt >= 2.0.
     """
     if isinstance(uris, str):
         raise InputError(f"uris: expected a list of strings, got the string {uris!r}")
     sinks: list[Sink] = []
     try:
         for uri in uris:
-            sink = _open_sink(uri, headless)
+            sink = _open_sink(uri, headless, mqtt_config)
             if sink is not None:
                 sinks.append(sink)
     except BaseException:
