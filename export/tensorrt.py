@@ -17,9 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +29,7 @@ from lemo_edge.errors import BackendUnavailableError, InputError, MissingDepende
 from lemo_edge.export.cache import cache_subdir, package_version
 from lemo_edge.export.errors import EngineCacheError, ExportError
 from lemo_edge.export.onnx import INPUT_NAME, OUTPUT_NAME, read_model_info
+from lemo_edge.state import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -329,19 +328,9 @@ def _make_calibrator(
             return None
 
         def write_calibration_cache(self, cache: Any) -> None:
-            _write_atomic(cache_file, bytes(cache))
+            write_atomic(cache_file, bytes(cache))
 
     return _Calibrator()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def _parser_errors(parser: Any) -> str:
@@ -463,11 +452,11 @@ def build_engine(
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise ExportError(f"TensorRT failed to build an engine from {onnx_path} ({precision}); see the log above")
-    _write_atomic(timing_file, bytes(config.get_timing_cache().serialize()))
+    write_atomic(timing_file, bytes(config.get_timing_cache().serialize()))
 
     side = sidecar_path(engine_path)
     side.unlink(missing_ok=True)  # an engine without its sidecar is refused, never trusted
-    _write_atomic(engine_path, bytes(serialized))
+    write_atomic(engine_path, bytes(serialized))
     sidecar = {
         "key": key.digest,
         "fields": key.fields(),
@@ -477,7 +466,7 @@ def build_engine(
         "lemo_edge_version": package_version(),
         "metadata": info.metadata,
     }
-    _write_atomic(side, json.dumps(sidecar, indent=2).encode())
+    write_atomic(side, json.dumps(sidecar, indent=2).encode())
     log.info("wrote %s (key %s)", engine_path, key.digest[:16])
     return engine_path
 

@@ -36,7 +36,8 @@ def _spec_dict(spec: FeatureSpec) -> dict[str, Any]:
     return {"name": spec.name, "dim": spec.dim, "stride": spec.stride}
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: temporary file in the same folder, fsync, rename, fsync the folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -82,8 +83,8 @@ def save_state(directory: str | Path, updater: OnlineUpdater) -> Path:
     text = json.dumps(meta, sort_keys=True)
     directory = Path(directory)
     path = directory / STATE_FILE
-    _write_atomic(path, save_bytes(tensors, metadata={"lemo_edge": text}))
-    _write_atomic(directory / "state.json", json.dumps(meta, indent=2, sort_keys=True).encode())
+    write_atomic(path, save_bytes(tensors, metadata={"lemo_edge": text}))
+    write_atomic(directory / "state.json", json.dumps(meta, indent=2, sort_keys=True).encode())
     return path
 
 
