@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -136,14 +137,24 @@ class LemoModel(nn.Module):
         out = self.adapter(features.float())
         return out.flatten(2).transpose(1, 2)
 
-    def score(self, features: torch.Tensor) -> Scores:
-        """Patch scores of a batch of backbone features ``(B, D, h, w) float``."""
+    def score(
+        self, features: torch.Tensor, scorer: Callable[[torch.Tensor, torch.Tensor], Nearest] | None = None
+    ) -> Scores:
+        """Patch scores of a batch of backbone features ``(B, D, h, w) float``.
+
+        Args:
+            features: ``(B, D, h, w) float`` backbone features.
+            scorer: ``(z (N, D), items (K, D)) -> Nearest`` used instead of the torch reference
+                (e.g. the CUDA kernel); ``None``: :func:`lemo_edge.scoring.nearest_memory`.
+        """
         emb = self.embed(features)
         b, p, d = emb.shape
         items = self.memory.items.detach()
         if items.shape[0] == 0:
             inf = torch.full((b * p,), float("inf"), device=emb.device)
             nearest = Nearest(inf, torch.zeros(b * p, dtype=torch.int64, device=emb.device))
+        elif scorer is not None:
+            nearest = scorer(emb.detach().reshape(b * p, d), items)
         else:
             with torch.no_grad():
                 nearest = nearest_memory(

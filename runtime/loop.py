@@ -600,18 +600,7 @@ class InspectionLoop:
 
     def _score(self, features: torch.Tensor) -> Scores:
         """The model's :meth:`~lemo_edge.model.LemoModel.score`, with :attr:`scorer` in place of the reference."""
-        model = self.model
-        if self.scorer is None:
-            return model.score(features)
-        emb = model.embed(features)
-        b, p, d = emb.shape
-        items = model.memory.items.detach()
-        if items.shape[0] == 0:
-            return model.score(features)
-        nearest = self.scorer(emb.detach().reshape(b * p, d), items)
-        raw = nearest.score.view(b, *model.grid)
-        patch = model.position_norm(raw) if model.position_norm is not None else raw
-        return Scores(emb, nearest, raw, patch)
+        return self.model.score(features, self.scorer)
 
     def _process(self, frame: Frame) -> None:
         t0 = time.perf_counter()
