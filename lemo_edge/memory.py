@@ -14,6 +14,7 @@ Two memories share one interface (``items``: the ``(n, D)`` valid rows used for 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -55,6 +56,8 @@ class CoresetMemory(nn.Module):
         self.register_buffer("bank", torch.zeros(capacity, dim))
         self.register_buffer("count", torch.zeros((), dtype=torch.int64))
         self.register_buffer("radius", torch.zeros(()))
+        # nearest other item of each of the first n items, kept from the last merge (not saved)
+        self._nn: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def items(self) -> torch.Tensor:
@@ -72,22 +75,29 @@ class CoresetMemory(nn.Module):
         """
         if z.ndim != 2 or nearest.shape != z.shape[:1]:
             raise InputError(f"insert: expected z (P, D) and nearest (P,), got {describe(z)} and {describe(nearest)}")
-        dist = nearest.float().clone() if int(self.count) else torch.full_like(nearest, math.inf, dtype=torch.float32)
-        radius = float(self.radius)
+        dist = nearest.float() if int(self.count) else torch.full_like(nearest, math.inf, dtype=torch.float32)
+        # Only patches farther than the radius can be chosen, and a patch's distance only shrinks
+        # as others are chosen: run farthest-first on those candidates alone.
+        candidates = torch.nonzero(dist > float(self.radius)).flatten()
+        if candidates.numel() == 0:
+            return 0
+        cz, dist = z[candidates].float(), dist[candidates].clone()
         chosen = []
-        for _ in range(min(self.insert_per_image, z.shape[0])):
+        for _ in range(min(self.insert_per_image, cz.shape[0])):
             i = int(dist.argmax())
-            if dist[i] <= radius:
+            if dist[i] <= float(self.radius):
                 break
             chosen.append(i)
-            dist = torch.minimum(dist, (z - z[i]).norm(dim=1))
-        if not chosen:
-            return 0
-        items = torch.cat([self.items, z[chosen].float()])
-        if items.shape[0] > self.capacity:
-            items = self._grow_radius_and_merge(items)
-        self.bank[: items.shape[0]] = items
-        self.count.fill_(items.shape[0])
+            dist = torch.minimum(dist, (cz - cz[i]).norm(dim=1))
+        new = cz[chosen]
+        count = int(self.count)
+        if count + new.shape[0] <= self.capacity:
+            self.bank[count : count + new.shape[0]] = new
+            self.count.fill_(count + new.shape[0])
+        else:
+            items = self._grow_radius_and_merge(torch.cat([self.items, new]))
+            self.bank[: items.shape[0]] = items
+            self.count.fill_(items.shape[0])
         return len(chosen)
 
     def _grow_radius_and_merge(self, items: torch.Tensor) -> torch.Tensor:
@@ -100,8 +110,8 @@ class CoresetMemory(nn.Module):
         """
         target = int(self.capacity * (1.0 - self.slack))
         radius = float(self.radius)
+        nn_dist, nn_index = self._nearest_others(items)
         while items.shape[0] > target:
-            nn_dist, nn_index = nearest_other(items)
             dropped = torch.zeros(items.shape[0], dtype=torch.bool)
             need = items.shape[0] - target
             for i in torch.argsort(nn_dist).tolist():
@@ -113,28 +123,66 @@ class CoresetMemory(nn.Module):
                 need -= 1
                 if need == 0:
                     break
-            items = items[~dropped]
+            kept = ~dropped
+            position = torch.cumsum(kept, 0) - 1
+            orphans = dropped[nn_index][kept]  # kept items whose nearest other was dropped
+            items, nn_dist, nn_index = items[kept], nn_dist[kept], position[nn_index[kept]]
+            if bool(orphans.any()):
+                rows = torch.nonzero(orphans).flatten()
+                nn_dist[rows], nn_index[rows] = nearest_other(items, rows)
+        self._nn = (nn_dist, nn_index)
         self.radius.fill_(radius)
         return items
 
+    def _nearest_others(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:func:`nearest_other` of ``items`` (the current items followed by new ones), reusing the
+        result kept from the previous merge for the rows it covers: only the new rows' distances
+        to all items are computed (a merge costs about (new + orphaned) x K instead of K x K)."""
+        cached = 0 if self._nn is None else self._nn[0].shape[0]
+        if cached < 2 or cached > min(int(self.count), items.shape[0]):
+            return nearest_other(items)
+        nn_dist, nn_index = self._nn[0].clone(), self._nn[1].clone()
+        n = items.shape[0]
+        if n == cached:
+            return nn_dist, nn_index
+        new_rows = torch.arange(cached, n)
+        new_dist, new_index = nearest_other(items, new_rows)
+        # the new items may be nearer to old ones than the old ones' nearest so far
+        to_new = torch.cdist(items[:cached], items[cached:])
+        best_new = to_new.min(dim=1)
+        closer = best_new.values < nn_dist
+        nn_dist = torch.where(closer, best_new.values, nn_dist)
+        nn_index = torch.where(closer, best_new.indices + cached, nn_index)
+        return torch.cat([nn_dist, new_dist]), torch.cat([nn_index, new_index])
 
-def nearest_other(items: torch.Tensor, block: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each item, the distance to and index of its nearest other item.
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        self._nn = None  # the loaded items are not the ones the cache was computed for
+        super()._load_from_state_dict(*args, **kwargs)
+
+
+def nearest_other(
+    items: torch.Tensor, rows: torch.Tensor | None = None, block: int = 2048
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each item (or each of ``rows``), the distance to and index of its nearest other item.
 
     Args:
         items: ``(n, D) float32``, n >= 2.
+        rows: ``(m,) int64`` indices of the items to answer for; ``None``: all.
 
     Returns:
-        ``(n,) float32`` distances and ``(n,) int64`` indices.
+        ``(m,) float32`` distances and ``(m,) int64`` indices into ``items``.
     """
+    rows = torch.arange(items.shape[0]) if rows is None else rows
     dists, index = [], []
-    for start in range(0, items.shape[0], block):
-        d = torch.cdist(items[start : start + block], items)
-        rows = torch.arange(d.shape[0])
-        d[rows, rows + start] = math.inf
+    for start in range(0, rows.shape[0], block):
+        chunk = rows[start : start + block]
+        d = torch.cdist(items[chunk], items)
+        d[torch.arange(chunk.shape[0]), chunk] = math.inf
         best = d.min(dim=1)
         dists.append(best.values)
         index.append(best.indices)
+    if not dists:
+        return torch.zeros(0), torch.zeros(0, dtype=torch.int64)
     return torch.cat(dists), torch.cat(index)
 
 

@@ -90,3 +90,33 @@ def test_two_means_separates_clusters():
     x = torch.cat([torch.zeros(5, 2), torch.ones(5, 2) * 4])
     a, b = two_means(x)
     assert {tuple(a.tolist()), tuple(b.tolist())} == {(0.0, 0.0), (4.0, 4.0)}
+
+
+def test_merge_with_kept_nearest_others_equals_full_recomputation():
+    torch.manual_seed(3)
+    cached, full = CoresetMemory(capacity=120, dim=6, insert_per_image=24), CoresetMemory(120, 6, 24)
+    merges = 0
+    for _ in range(60):
+        z = torch.randn(64, 6)
+        for mem in (cached, full):
+            nearest = nearest_memory(z, mem.items).score if int(mem.count) else torch.full((64,), math.inf)
+            before = int(mem.count)
+            if mem is full:
+                mem._nn = None  # forces nearest_other over all items, as before the cache existed
+            mem.insert(z, nearest)
+        merges += int(cached.count) < before
+        assert torch.equal(cached.items, full.items)
+        assert float(cached.radius) == float(full.radius)
+        # the kept nearest others, extended by new rows, are those of a full recomputation
+        extended = torch.cat([cached.items, 0.5 * torch.randn(8, 6)])
+        got, want = cached._nearest_others(extended), nearest_other(extended)
+        assert torch.equal(got[1], want[1])
+        assert torch.allclose(got[0], want[0])
+    assert merges >= 5
+
+
+def test_nearest_other_of_some_rows():
+    items = torch.tensor([[0.0], [1.0], [5.0], [5.5]])
+    d, i = nearest_other(items, torch.tensor([2, 0]))
+    assert i.tolist() == [3, 1]
+    assert torch.allclose(d, torch.tensor([0.5, 1.0]))
