@@ -15,19 +15,44 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.mark.skipif(importlib.util.find_spec("setuptools") is None, reason="needs setuptools to build the wheel")
 def test_wheel_nests_export_and_runtime_and_imports(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path), str(REPO)], check=True, capture_output=True, text=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(REPO),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     wheel = next(tmp_path.glob("lemo_edge-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    for required in ("lemo_edge/export/onnx.py", "lemo_edge/export/tensorrt_supported_ops.txt",
-                     "lemo_edge/runtime/loop.py", "lemo_edge/runtime/kernels/nearest_memory.cu"):
+    for required in (
+        "lemo_edge/export/onnx.py",
+        "lemo_edge/export/tensorrt_supported_ops.txt",
+        "lemo_edge/runtime/loop.py",
+        "lemo_edge/runtime/kernels/nearest_memory.cu",
+    ):
         assert required in names, required
     assert not any(n.split("/")[0] in ("export", "runtime", "tests", "benchmarks") for n in names)
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     code = "import lemo_edge.export.onnx, lemo_edge.runtime.loop, lemo_edge.runtime.kernels; print(lemo_edge.__file__)"
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(site), "PATH": ""},
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(site), "PATH": ""},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert out.strip().startswith(str(site))
 
 

@@ -17,8 +17,23 @@ def test_onnxruntime_eval_matches_torch(tmp_path, monkeypatch):
     results = {}
     for backend in ("torch", "onnxruntime"):
         out = tmp_path / f"{backend}.json"
-        code = main(["eval", TINY, "--size", "64", "-K", "256", "--baselines", "none", "--no-fewshot",
-                     "--backend", backend, "--json", str(out)])
+        code = main(
+            [
+                "eval",
+                TINY,
+                "--size",
+                "64",
+                "-K",
+                "256",
+                "--baselines",
+                "none",
+                "--no-fewshot",
+                "--backend",
+                backend,
+                "--json",
+                str(out),
+            ]
+        )
         assert code == 0
         results[backend] = json.loads(out.read_text())
     for key in ("image_auroc", "pixel_auroc"):
