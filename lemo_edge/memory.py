@@ -138,9 +138,9 @@ class CoresetMemory(nn.Module):
         """:func:`nearest_other` of ``items`` (the current items followed by new ones), reusing the
         result kept from the previous merge for the rows it covers: only the new rows' distances
         to all items are computed (a merge costs about (new + orphaned) x K instead of K x K)."""
-        cached = 0 if self._nn is None else self._nn[0].shape[0]
-        if cached < 2 or cached > min(int(self.count), items.shape[0]):
+        if self._nn is None or not 2 <= self._nn[0].shape[0] <= min(int(self.count), items.shape[0]):
             return nearest_other(items)
+        cached = self._nn[0].shape[0]
         nn_dist, nn_index = self._nn[0].clone(), self._nn[1].clone()
         n = items.shape[0]
         if n == cached:

@@ -36,19 +36,26 @@ def _spec_dict(spec: FeatureSpec) -> dict[str, Any]:
     return {"name": spec.name, "dim": spec.dim, "stride": spec.stride}
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: temporary file in the same folder, fsync, rename, fsync the folder."""
+def write_atomic(path: Path, data: bytes, fsync: bool = True) -> None:
+    """Write ``data`` to ``path`` atomically: temporary file in the same folder, fsync, rename, fsync the folder.
+
+    ``fsync=False`` keeps the rename (readers never see a partial file) but not the durability (for
+    tests on slow disks).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    if not fsync:
+        return
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)

@@ -58,6 +58,7 @@ from typing import Any
 from urllib.parse import SplitResult, parse_qsl, urlsplit
 
 from lemo_edge.errors import InputError, MissingDependencyError
+from lemo_edge.state import write_atomic
 
 from .frames import Frame, FrameResult
 from .sinks import event_record
@@ -434,19 +435,7 @@ class DiskQueue:
                 self._drop_oldest()
             data = payload(seq) if callable(payload) else payload
             path = self._path(seq)
-            tmp = path.with_name(f".{path.name}.tmp")
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                if self.fsync:
-                    fh.flush()
-                    os.fsync(fh.fileno())
-            os.replace(tmp, path)
-            if self.fsync:
-                dir_fd = os.open(self.directory, os.O_RDONLY)
-                try:
-                    os.fsync(dir_fd)
-                finally:
-                    os.close(dir_fd)
+            write_atomic(path, data, fsync=self.fsync)
             self._pending.append(seq)
             return seq
 

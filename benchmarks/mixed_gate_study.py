@@ -1,0 +1,153 @@
+"""How far an image-level gate can keep defects out of the memory (the mixed protocol).
+
+Usage:
+    python benchmarks/mixed_gate_study.py ../shared/data/magnetic_tile --gate accepted --k 5
+    python benchmarks/mixed_gate_study.py ../shared/data/magnetic_tile --gate oracle --k 2
+
+Streams the ``mixed`` protocol of ``lemo-edge eval`` (normal training images + the even-position
+defects, seeded order, each scored before it may be learned) through the default model with one
+of these gates after a warm-up of ``--warmup`` images:
+
+- ``accepted``: the model's own gate, mean + k std of the accepted images' scores (the default);
+- ``robust``: median + k * 1.4826 MAD of the last ``--window`` scores of *all* images;
+- ``quantile``: below the k-quantile of the last ``--window`` scores of all images;
+- ``oracle``: learns exactly the normal images (labels; a bound, not a method) and reports which
+  images a ``robust`` gate with this k, or a ``quantile`` gate, would have accepted.
+
+``--defer N`` keeps refused images for up to N images and re-scores them every 8 images, learning
+those that now pass. Prints one JSON line: held-out image/pixel AUROC (pixel on maps subsampled
+by 4), prequential image AUROC, and the fractions of streamed defect and normal images learned.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as lemo_edge.cli does; set before torch is imported
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from lemo_edge import metrics  # noqa: E402
+from lemo_edge.config import ModelConfig  # noqa: E402
+from lemo_edge.datasets import open_dataset  # noqa: E402
+from lemo_edge.evaluate import encode, score_model  # noqa: E402
+from lemo_edge.evaluate_cli import make_extractor  # noqa: E402
+from lemo_edge.model import LemoModel, Scores  # noqa: E402
+from lemo_edge.updater import OnlineUpdater  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dataset")
+    parser.add_argument("--gate", choices=("accepted", "robust", "quantile", "oracle"), default="accepted")
+    parser.add_argument("--k", type=float, default=5.0, help="std/MAD multiple, or the quantile")
+    parser.add_argument("--window", type=int, default=64)
+    parser.add_argument("--warmup", type=int, default=16)
+    parser.add_argument("--defer", type=int, default=0)
+    parser.add_argument("--backend", default="onnxruntime")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--online", action="store_true", help="stream the normal images only; held out: the whole test set"
+    )
+    args = parser.parse_args()
+
+    config = ModelConfig(threshold_k=args.k, warmup=args.warmup)
+    data = open_dataset(args.dataset)
+    extract, spec = make_extractor(args.backend, config)
+    defects = list(data.test_defect)
+    if args.online:  # the online protocol's stream and test set, to see what a gate costs without defects
+        stream_items, held_items = list(data.train_good), list(data.test_good) + defects
+    else:
+        stream_items, held_items = list(data.train_good) + defects[0::2], list(data.test_good) + defects[1::2]
+    stream = encode(stream_items, extract, config.size, "encode stream")
+    held = encode(held_items, extract, config.size, "encode held-out")
+    order = torch.randperm(len(stream_items), generator=torch.Generator().manual_seed(args.seed)).tolist()
+
+    model = LemoModel(config, spec)
+    updater = OnlineUpdater(model)
+    recent: list[float] = []
+    refused: list[tuple[int, int]] = []  # (stream position, item index)
+    learned = np.zeros(len(order), bool)
+    would = np.zeros(len(order), bool)
+    scores = np.zeros(len(order))
+    labels = stream.labels[np.asarray(order)]
+
+    def score(idx: int) -> tuple[torch.Tensor, Scores, float]:
+        feats = stream.features[idx : idx + 1].float()
+        out = model.score(feats)
+        with torch.no_grad():
+            _, image_score = model.maps(out.patch)
+        return feats, out, float(image_score[0])
+
+    def threshold() -> float:
+        window = np.asarray(recent[-args.window :])
+        if args.gate == "quantile":
+            return float(np.quantile(window, args.k))
+        median = float(np.median(window))
+        return median + args.k * 1.4826 * float(np.median(np.abs(window - median)))
+
+    t0 = time.perf_counter()
+    for n, idx in enumerate(order):
+        feats, out, image_score = score(idx)
+        scores[n] = image_score
+        if args.gate == "accepted":
+            learned[n] = updater.observe(feats, out, image_score)
+        else:
+            accept = n < args.warmup or image_score <= threshold()
+            would[n] = accept
+            if args.gate == "oracle" and labels.any():
+                accept = labels[n] == 0
+            recent.append(image_score)
+            learned[n] = updater.observe(feats, out, image_score, force=accept) if accept else False
+        if args.defer and not learned[n]:
+            refused.append((n, idx))
+        if args.defer and n >= args.warmup and n % 8 == 0 and refused:
+            limit = threshold() if args.gate != "accepted" else updater.threshold.value
+            still = []
+            for m, j in refused:
+                f2, o2, s2 = score(j)
+                if s2 <= limit:
+                    learned[m] = updater.observe(f2, o2, s2, force=True)
+                elif n - m < args.defer:
+                    still.append((m, j))
+            refused = still
+
+    maps, held_scores = score_model(model, held.features)
+    result = {
+        "protocol": "online" if args.online else "mixed",
+        "gate": args.gate,
+        "k": args.k,
+        "window": args.window,
+        "warmup": args.warmup,
+        "defer": args.defer,
+        "held_out_image_auroc": metrics.image_auroc(held_scores, held.labels),
+        "held_out_pixel_auroc_sub4": metrics.pixel_auroc(maps[:, ::4, ::4], held.masks[:, ::4, ::4]),
+        "prequential_image_auroc": metrics.image_auroc(scores, labels) if labels.any() else None,
+        "defects_learned": float(learned[labels == 1].mean()) if labels.any() else None,
+        "normal_learned": float(learned[labels == 0].mean()),
+        "items": int(model.memory.items.shape[0]),
+        "stream_s": round(time.perf_counter() - t0, 1),
+    }
+    if args.gate == "oracle" and labels.any():
+        before = [scores[max(0, n - args.window) : n] for n in range(len(order))]
+        ranks = np.array([(b < scores[n]).mean() if n else 0.0 for n, b in enumerate(before)])
+        for q in (0.4, 0.5, 0.6, 0.7, 0.8):
+            passed = (ranks <= q) | (np.arange(len(order)) < args.warmup)
+            result[f"quantile_{q}_would_learn"] = {
+                "defects": float(passed[labels == 1].mean()),
+                "normal": float(passed[labels == 0].mean()),
+            }
+        result[f"robust_{args.k}_would_learn"] = {
+            "defects": float(would[labels == 1].mean()),
+            "normal": float(would[labels == 0].mean()),
+        }
+    print(json.dumps({key: round(v, 4) if isinstance(v, float) else v for key, v in result.items()}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
