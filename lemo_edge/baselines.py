@@ -89,8 +89,9 @@ class GreedyBank:
     """Online greedy bank: add patches farther than the running 95th percentile of nearest
     distances; when full, merge (average) the closest pairs."""
 
-    def __init__(self, capacity: int, dim: int, quantile: float = 0.95, per_image: int = 64) -> None:
+    def __init__(self, capacity: int, dim: int, quantile: float = 0.95, per_image: int = 64, seed: int = 0) -> None:
         self.capacity = capacity
+        self.generator = torch.Generator().manual_seed(seed)
         self.quantile = quantile
         self.per_image = per_image
         self.bank = torch.zeros(0, dim)
@@ -106,7 +107,7 @@ class GreedyBank:
         """Offer one image's patches ``(P, D)`` with their nearest distances ``(P,)``."""
         self.images += 1
         if self.bank.shape[0] == 0:
-            self.bank = z[torch.randperm(z.shape[0])[: self.per_image]].clone()
+            self.bank = z[torch.randperm(z.shape[0], generator=self.generator)[: self.per_image]].clone()
             return
         level = float(torch.quantile(nearest, self.quantile))
         self.level = level if math.isnan(self.level) else self.level + (level - self.level) / min(self.images, 64)

@@ -364,7 +364,7 @@ class Evaluator:
                     res.add(z.float())
                 bank, note = res.items, f"online, uniform reservoir of {k} patches"
             else:
-                greedy = GreedyBank(k, dim)
+                greedy = GreedyBank(k, dim, seed=self.seed)
                 for z in patches:
                     zf = z.float()
                     nearest = (
