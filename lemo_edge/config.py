@@ -30,6 +30,9 @@ class ModelConfig:
             images' scores (see model.PositionNorm).
         position_window: window (images) of those running statistics.
         insert_per_image: (coreset) at most this many items inserted per image.
+        merge_slack: (coreset) when K is exceeded, merge down to ``(1 - merge_slack) * K`` items:
+            small values merge a little on most images instead of much every few images (same
+            accuracy, a far lower p99 of the update; docs/method.md section 7).
         adapter: learn the adapter (1x1 CoordConv) online; otherwise it stays at identity.
         steps_per_image: optimiser steps per incoming image (lemo, or coreset with ``adapter``).
         lr_memory: learning rate of the memory items (lemo).
@@ -59,6 +62,7 @@ class ModelConfig:
     position_norm: bool = True
     position_window: int = 64
     insert_per_image: int = 64
+    merge_slack: float = 0.01
     adapter: bool = False
     steps_per_image: int = 1
     lr_memory: float = 1e-2
@@ -84,6 +88,8 @@ class ModelConfig:
             raise InputError(f"size: expected a positive multiple of 32, got {self.size}")
         if not 1 <= self.memory_size <= 65536:
             raise InputError(f"memory_size: expected 1..65536, got {self.memory_size}")
+        if not 0.0 < self.merge_slack < 1.0:
+            raise InputError(f"merge_slack: expected a fraction in (0, 1), got {self.merge_slack}")
         if self.score_k < 1:
             raise InputError(f"score_k: expected >= 1, got {self.score_k}")
         if self.loss_sign not in ("fixed", "paper"):

@@ -48,7 +48,7 @@ class CoresetMemory(nn.Module):
     count: torch.Tensor
     radius: torch.Tensor
 
-    def __init__(self, capacity: int, dim: int, insert_per_image: int = 64, slack: float = 0.1) -> None:
+    def __init__(self, capacity: int, dim: int, insert_per_image: int = 64, slack: float = 0.01) -> None:
         super().__init__()
         self.capacity = capacity
         self.insert_per_image = insert_per_image

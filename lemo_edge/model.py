@@ -120,7 +120,7 @@ class LemoModel(nn.Module):
         self.adapter.requires_grad_(config.adapter)
         self.memory: CoresetMemory | LearnedMemory
         if config.method == "coreset":
-            self.memory = CoresetMemory(config.memory_size, dim, config.insert_per_image)
+            self.memory = CoresetMemory(config.memory_size, dim, config.insert_per_image, config.merge_slack)
         else:
             scale = float(config.extra.get("init_scale", 1.0))
             self.memory = LearnedMemory(config.memory_size, dim, scale=scale, seed=config.seed)

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from lemo_edge.config import ModelConfig
 from lemo_edge.errors import InputError
 from lemo_edge.memory import CoresetMemory, LearnedMemory, nearest_other, orthogonal_noise, two_means
 from lemo_edge.scoring import nearest_memory
@@ -106,7 +107,7 @@ def test_merge_with_kept_nearest_others_equals_full_recomputation():
             mem.insert(z, nearest)
         merges += int(cached.count) < before
         assert torch.equal(cached.items, full.items)
-        assert float(cached.radius) == float(full.radius)
+        assert math.isclose(float(cached.radius), float(full.radius), rel_tol=1e-6)
         # the kept nearest others, extended by new rows, are those of a full recomputation
         extended = torch.cat([cached.items, 0.5 * torch.randn(8, 6)])
         got, want = cached._nearest_others(extended), nearest_other(extended)
@@ -120,3 +121,24 @@ def test_nearest_other_of_some_rows():
     d, i = nearest_other(items, torch.tensor([2, 0]))
     assert i.tolist() == [3, 1]
     assert torch.allclose(d, torch.tensor([0.5, 1.0]))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"merge_slack": 0.0}, "merge_slack: expected a fraction in \\(0, 1\\), got 0.0"),
+        ({"memory_size": 0}, "memory_size: expected 1..65536, got 0"),
+    ],
+)
+def test_config_names_a_bad_memory_setting(change, message):
+    with pytest.raises(InputError, match=message):
+        ModelConfig().replace(**change)
+
+
+def test_model_passes_the_merge_slack_to_its_memory():
+    from lemo_edge.backbone import resolve_spec
+    from lemo_edge.model import LemoModel
+
+    model = LemoModel(ModelConfig(size=64, merge_slack=0.25), resolve_spec("tf_efficientnet_lite0"))
+    assert isinstance(model.memory, CoresetMemory)
+    assert model.memory.slack == 0.25
