@@ -739,7 +739,7 @@ class FramePipeline:
 
         The memory is filled with K rows of ``pool`` (real patch embeddings; with slight noise when the
         pool is smaller than K), then one frame is scored and learned: inserting beyond K runs the
-        memory's merge, which leaves it at 90% of K with the coverage radius of the doubling algorithm,
+        memory's merge, which leaves it at (1 - merge_slack) K with the coverage radius of the merges,
         as after a long stream. A learned memory (``method="lemo"``) is always full: nothing to do.
         """
         from lemo_edge.memory import CoresetMemory

@@ -145,15 +145,18 @@ class CoresetMemory(nn.Module):
         n = items.shape[0]
         if n == cached:
             return nn_dist, nn_index
-        new_rows = torch.arange(cached, n)
-        new_dist, new_index = nearest_other(items, new_rows)
-        # the new items may be nearer to old ones than the old ones' nearest so far
-        to_new = torch.cdist(items[:cached], items[cached:])
-        best_new = to_new.min(dim=1)
-        closer = best_new.values < nn_dist
-        nn_dist = torch.where(closer, best_new.values, nn_dist)
-        nn_index = torch.where(closer, best_new.indices + cached, nn_index)
-        return torch.cat([nn_dist, new_dist]), torch.cat([nn_index, new_index])
+        # one block of squared distances, new items x all items, serves both directions: its rows
+        # give the new items' nearest others, its columns over the old items whether a new item is
+        # nearer to an old one than the old one's nearest so far
+        d2 = _squared_distances(items[cached:], items)
+        d2[torch.arange(n - cached), torch.arange(cached, n)] = math.inf
+        new_best = d2.min(dim=1)
+        to_new = d2[:, :cached].min(dim=0)
+        to_new_dist = to_new.values.sqrt()
+        closer = to_new_dist < nn_dist
+        nn_dist = torch.where(closer, to_new_dist, nn_dist)
+        nn_index = torch.where(closer, to_new.indices + cached, nn_index)
+        return torch.cat([nn_dist, new_best.values.sqrt()]), torch.cat([nn_index, new_best.indices])
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         self._nn = None  # the loaded items are not the ones the cache was computed for
@@ -176,14 +179,20 @@ def nearest_other(
     dists, index = [], []
     for start in range(0, rows.shape[0], block):
         chunk = rows[start : start + block]
-        d = torch.cdist(items[chunk], items)
-        d[torch.arange(chunk.shape[0]), chunk] = math.inf
-        best = d.min(dim=1)
-        dists.append(best.values)
+        d2 = _squared_distances(items[chunk], items)
+        d2[torch.arange(chunk.shape[0]), chunk] = math.inf
+        best = d2.min(dim=1)
+        dists.append(best.values.sqrt())
         index.append(best.indices)
     if not dists:
         return torch.zeros(0), torch.zeros(0, dtype=torch.int64)
     return torch.cat(dists), torch.cat(index)
+
+
+def _squared_distances(queries: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    """``(m, n) float32`` squared distances, from one fused matrix product (clamped at 0)."""
+    d2 = torch.addmm((items * items).sum(1), queries, items.T, alpha=-2.0)
+    return d2.add_((queries * queries).sum(1, keepdim=True)).clamp_min_(0.0)
 
 
 class LearnedMemory(nn.Module):
