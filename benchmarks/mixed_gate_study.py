@@ -50,12 +50,15 @@ def main() -> int:
     parser.add_argument("--defer", type=int, default=0)
     parser.add_argument("--backend", default="onnxruntime")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--merge-slack", type=float, default=None, help="the model's merge_slack (default: config's)")
     parser.add_argument(
         "--online", action="store_true", help="stream the normal images only; held out: the whole test set"
     )
     args = parser.parse_args()
 
     config = ModelConfig(threshold_k=args.k, warmup=args.warmup)
+    if args.merge_slack is not None:
+        config = config.replace(merge_slack=args.merge_slack)
     data = open_dataset(args.dataset)
     extract, spec = make_extractor(args.backend, config)
     defects = list(data.test_defect)
