@@ -676,6 +676,7 @@ class FramePipeline:
 
     def score(self, inputs: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, Any]:
         """Nearest-memory scores of the embeddings and position normalisation (:class:`~lemo_edge.model.Scores`)."""
+        from lemo_edge.memory import CoresetMemory
         from lemo_edge.model import Scores
 
         features, emb = inputs
@@ -685,7 +686,11 @@ class FramePipeline:
             items = model.memory.items.detach()
             if items.shape[0] == 0:
                 return features, model.score(features)
-            nearest = self.scorer(emb.reshape(b * p, d), items)
+            z = emb.reshape(b * p, d)
+            if isinstance(self.scorer, IndexSearch) and isinstance(model.memory, CoresetMemory):
+                nearest = model.memory.search(z, min(self.scorer.k, items.shape[0]))
+            else:
+                nearest = self.scorer(z, items)
             raw = nearest.score.view(b, *model.grid)
             patch = model.position_norm(raw) if model.position_norm is not None else raw
         return features, Scores(emb, nearest, raw, patch)
@@ -995,12 +1000,31 @@ class _Backends:
         return backend
 
 
+class IndexSearch:
+    """The matrix's ``ivf`` scorer: the model's own search through an inverted index (lemo_edge.ivf).
+
+    Not called with ``(z, items)`` like the other scorers: its pipelines are built with
+    :attr:`config_changes` and score through ``memory.search``, which keeps the index in step with
+    the memory's insertions and merges.
+    """
+
+    name = "ivf"
+
+    def __init__(self, k: int, lists: int = 64, probe: int = 8) -> None:
+        self.k = k
+        self.config_changes = {"ivf_lists": lists, "ivf_probe": probe}
+
+
 def _scorers(config: BenchConfig, device: torch.device) -> tuple[dict[str, Any], dict[str, str]]:
-    """The scorers of the matrix: ``torch`` (k = score_k) and ``cuda`` (k = 1) where it loads."""
+    """The scorers of the matrix: ``torch`` (k = score_k), ``ivf`` (64 lists, 8 probed; when the
+    config searches exactly) and ``cuda`` (k = 1) where it loads."""
     from lemo_edge.runtime.scorers import CudaMemoryScorer, TorchMemoryScorer
 
     scorers: dict[str, Any] = {"torch": TorchMemoryScorer(config.model.score_k)}
     status = {"torch": f"torch reference, k={config.model.score_k}"}
+    if config.model.method == "coreset" and not config.model.ivf_lists:
+        scorers["ivf"] = IndexSearch(config.model.score_k)
+        status["ivf"] = f"inverted index (64 lists, 8 probed), k={config.model.score_k}"
     if device.type == "cuda":
         try:
             scorers["cuda"] = CudaMemoryScorer(device)
@@ -1208,7 +1232,7 @@ def _matrix(run: _Run, backends: _Backends, scorers: Mapping[str, Any]) -> list[
             for scorer_name, scorer in scorers.items():
                 for batch in config.batches:
                     run.progress(f"matrix: {name} x {scorer_name} scorer, {size}x{size}, batch {batch}")
-                    pipe = run.pipeline(backend, size, scorer, batch)
+                    pipe = run.pipeline(backend, size, scorer, batch, **getattr(scorer, "config_changes", {}))
                     entries.append(_entry(run, pipe, name, scorer_name, batch))
     return entries
 

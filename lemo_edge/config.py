@@ -33,6 +33,9 @@ class ModelConfig:
         merge_slack: (coreset) when K is exceeded, merge down to ``(1 - merge_slack) * K`` items:
             small values merge a little on most images instead of much every few images (same
             accuracy, a far lower p99 of the update; docs/method.md section 7).
+        ivf_lists: (coreset) split the memory into this many k-means cells and let each patch search
+            only ``ivf_probe`` of them (approximate, faster; lemo_edge.ivf); 0: exact search.
+        ivf_probe: cells searched per patch when ``ivf_lists`` > 0.
         adapter: learn the adapter (1x1 CoordConv) online; otherwise it stays at identity.
         steps_per_image: optimiser steps per incoming image (lemo, or coreset with ``adapter``).
         lr_memory: learning rate of the memory items (lemo).
@@ -63,6 +66,8 @@ class ModelConfig:
     position_window: int = 64
     insert_per_image: int = 64
     merge_slack: float = 0.01
+    ivf_lists: int = 0
+    ivf_probe: int = 8
     adapter: bool = False
     steps_per_image: int = 1
     lr_memory: float = 1e-2
@@ -90,6 +95,11 @@ class ModelConfig:
             raise InputError(f"memory_size: expected 1..65536, got {self.memory_size}")
         if not 0.0 < self.merge_slack < 1.0:
             raise InputError(f"merge_slack: expected a fraction in (0, 1), got {self.merge_slack}")
+        if self.ivf_lists < 0 or (self.ivf_lists and not 1 <= self.ivf_probe <= self.ivf_lists):
+            raise InputError(
+                "ivf: expected ivf_lists >= 0 and 1 <= ivf_probe <= ivf_lists, "
+                f"got {self.ivf_lists} and {self.ivf_probe}"
+            )
         if self.score_k < 1:
             raise InputError(f"score_k: expected >= 1, got {self.score_k}")
         if self.loss_sign not in ("fixed", "paper"):

@@ -20,6 +20,8 @@ import torch
 from torch import nn
 
 from lemo_edge.errors import InputError, describe
+from lemo_edge.ivf import InvertedIndex
+from lemo_edge.scoring import Nearest, nearest_memory
 
 
 def orthogonal_noise(k: int, d: int, scale: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -48,8 +50,16 @@ class CoresetMemory(nn.Module):
     count: torch.Tensor
     radius: torch.Tensor
 
-    def __init__(self, capacity: int, dim: int, insert_per_image: int = 64, slack: float = 0.01) -> None:
+    def __init__(
+        self,
+        capacity: int,
+        dim: int,
+        insert_per_image: int = 64,
+        slack: float = 0.01,
+        index: InvertedIndex | None = None,
+    ) -> None:
         super().__init__()
+        self.index = index  # approximate search (lemo_edge.ivf); None: exact
         self.capacity = capacity
         self.insert_per_image = insert_per_image
         self.slack = slack
@@ -63,6 +73,13 @@ class CoresetMemory(nn.Module):
     def items(self) -> torch.Tensor:
         """``(n, D) float32``: the valid items (n <= K)."""
         return self.bank[: int(self.count)]
+
+    @torch.no_grad()
+    def search(self, z: torch.Tensor, k: int) -> Nearest:
+        """Nearest items of ``z (N, D)``: exact, or through the inverted index when there is one."""
+        if self.index is None:
+            return nearest_memory(z, self.items, k)
+        return self.index.search(z, self.items, k)
 
     @torch.no_grad()
     def insert(self, z: torch.Tensor, nearest: torch.Tensor) -> int:
@@ -98,6 +115,8 @@ class CoresetMemory(nn.Module):
             items = self._grow_radius_and_merge(torch.cat([self.items, new]))
             self.bank[: items.shape[0]] = items
             self.count.fill_(items.shape[0])
+            if self.index is not None:
+                self.index.note_merge()
         return len(chosen)
 
     def _grow_radius_and_merge(self, items: torch.Tensor) -> torch.Tensor:
@@ -160,6 +179,8 @@ class CoresetMemory(nn.Module):
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         self._nn = None  # the loaded items are not the ones the cache was computed for
+        if self.index is not None:
+            self.index.reset()
         super()._load_from_state_dict(*args, **kwargs)
 
 

@@ -11,6 +11,7 @@ from torch import nn
 from lemo_edge.backbone import FeatureSpec
 from lemo_edge.config import ModelConfig
 from lemo_edge.errors import InputError, describe
+from lemo_edge.ivf import InvertedIndex
 from lemo_edge.memory import CoresetMemory, LearnedMemory
 from lemo_edge.scoring import Nearest, anomaly_map, image_scores, nearest_memory
 
@@ -120,7 +121,8 @@ class LemoModel(nn.Module):
         self.adapter.requires_grad_(config.adapter)
         self.memory: CoresetMemory | LearnedMemory
         if config.method == "coreset":
-            self.memory = CoresetMemory(config.memory_size, dim, config.insert_per_image, config.merge_slack)
+            index = InvertedIndex(config.ivf_lists, config.ivf_probe, seed=config.seed) if config.ivf_lists else None
+            self.memory = CoresetMemory(config.memory_size, dim, config.insert_per_image, config.merge_slack, index)
         else:
             scale = float(config.extra.get("init_scale", 1.0))
             self.memory = LearnedMemory(config.memory_size, dim, scale=scale, seed=config.seed)
@@ -157,9 +159,11 @@ class LemoModel(nn.Module):
             nearest = scorer(emb.detach().reshape(b * p, d), items)
         else:
             with torch.no_grad():
-                nearest = nearest_memory(
-                    emb.detach().reshape(b * p, d), items, min(self.config.score_k, items.shape[0])
-                )
+                z, k = emb.detach().reshape(b * p, d), min(self.config.score_k, items.shape[0])
+                if isinstance(self.memory, CoresetMemory):
+                    nearest = self.memory.search(z, k)
+                else:
+                    nearest = nearest_memory(z, items, k)
         raw = nearest.score.view(b, *self.grid)
         patch = self.position_norm(raw) if self.position_norm is not None else raw
         return Scores(emb, nearest, raw, patch)
