@@ -1013,6 +1013,7 @@ class IndexSearch:
     def __init__(self, k: int, lists: int = 64, probe: int = 8) -> None:
         self.k = k
         self.config_changes = {"ivf_lists": lists, "ivf_probe": probe}
+        self.description = f"inverted index ({lists} lists, {probe} probed), k={k}"
 
 
 def _scorers(config: BenchConfig, device: torch.device) -> tuple[dict[str, Any], dict[str, str]]:
@@ -1024,7 +1025,7 @@ def _scorers(config: BenchConfig, device: torch.device) -> tuple[dict[str, Any],
     status = {"torch": f"torch reference, k={config.model.score_k}"}
     if config.model.method == "coreset" and not config.model.ivf_lists:
         scorers["ivf"] = IndexSearch(config.model.score_k)
-        status["ivf"] = f"inverted index (64 lists, 8 probed), k={config.model.score_k}"
+        status["ivf"] = scorers["ivf"].description
     if device.type == "cuda":
         try:
             scorers["cuda"] = CudaMemoryScorer(device)

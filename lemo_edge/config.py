@@ -125,3 +125,14 @@ class ModelConfig:
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         """Inverse of :meth:`to_dict`; unknown keys raise InputError."""
         return cls().replace(**data)
+
+
+def parse_json_object(text: str, what: str) -> dict[str, Any]:
+    """``text`` parsed as a JSON object; otherwise an InputError whose message starts with ``what``."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InputError(f"{what}: expected a JSON object, got invalid JSON ({err})") from err
+    if not isinstance(data, dict):
+        raise InputError(f"{what}: expected a JSON object, got {type(data).__name__}")
+    return data

@@ -21,7 +21,7 @@ from torch import nn
 
 from lemo_edge.errors import InputError, describe
 from lemo_edge.ivf import InvertedIndex
-from lemo_edge.scoring import Nearest, nearest_memory
+from lemo_edge.scoring import Nearest, nearest_memory, squared_distances
 
 
 def orthogonal_noise(k: int, d: int, scale: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -167,7 +167,7 @@ class CoresetMemory(nn.Module):
         # one block of squared distances, new items x all items, serves both directions: its rows
         # give the new items' nearest others, its columns over the old items whether a new item is
         # nearer to an old one than the old one's nearest so far
-        d2 = _squared_distances(items[cached:], items)
+        d2 = squared_distances(items[cached:], items)
         d2[torch.arange(n - cached), torch.arange(cached, n)] = math.inf
         new_best = d2.min(dim=1)
         to_new = d2[:, :cached].min(dim=0)
@@ -200,7 +200,7 @@ def nearest_other(
     dists, index = [], []
     for start in range(0, rows.shape[0], block):
         chunk = rows[start : start + block]
-        d2 = _squared_distances(items[chunk], items)
+        d2 = squared_distances(items[chunk], items)
         d2[torch.arange(chunk.shape[0]), chunk] = math.inf
         best = d2.min(dim=1)
         dists.append(best.values.sqrt())
@@ -208,12 +208,6 @@ def nearest_other(
     if not dists:
         return torch.zeros(0), torch.zeros(0, dtype=torch.int64)
     return torch.cat(dists), torch.cat(index)
-
-
-def _squared_distances(queries: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-    """``(m, n) float32`` squared distances, from one fused matrix product (clamped at 0)."""
-    d2 = torch.addmm((items * items).sum(1), queries, items.T, alpha=-2.0)
-    return d2.add_((queries * queries).sum(1, keepdim=True)).clamp_min_(0.0)
 
 
 class LearnedMemory(nn.Module):

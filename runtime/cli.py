@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from lemo_edge.config import ModelConfig
+from lemo_edge.config import ModelConfig, parse_json_object
 from lemo_edge.errors import BackendUnavailableError, InputError, MissingDependencyError
 
 from .loop import (
@@ -124,12 +124,7 @@ def parse_config(text: str | None, warmup: int | None) -> tuple[ModelConfig, boo
             if not path.is_file():
                 raise InputError(f"--config: expected JSON text or a JSON file, got {text!r} (no such file)")
             stripped = path.read_text(encoding="utf-8")
-        try:
-            fields = json.loads(stripped)
-        except json.JSONDecodeError as err:
-            raise InputError(f"--config: expected a JSON object, got invalid JSON ({err})") from err
-        if not isinstance(fields, dict):
-            raise InputError(f"--config: expected a JSON object, got {type(fields).__name__}")
+        fields = parse_json_object(stripped, "--config")
     if warmup is not None:
         fields["warmup"] = warmup
     try:

@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import SplitResult, parse_qsl, urlsplit
 
+from lemo_edge.config import parse_json_object
 from lemo_edge.errors import InputError, MissingDependencyError
 from lemo_edge.state import write_atomic
 
@@ -216,12 +217,7 @@ def load_mqtt_config(path: str | Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise InputError(f"mqtt config: expected a readable JSON file, got {str(path)!r} ({err.strerror})") from err
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise InputError(f"mqtt config {path}: expected a JSON object, got invalid JSON ({err})") from err
-    if not isinstance(data, dict):
-        raise InputError(f"mqtt config {path}: expected a JSON object, got {type(data).__name__}")
+    data = parse_json_object(text, f"mqtt config {path}")
     unknown = sorted(set(data) - set(CONFIG_KEYS))
     if unknown:
         raise InputError(f"mqtt config {path}: unknown keys {unknown}; valid: {list(CONFIG_KEYS)}")
