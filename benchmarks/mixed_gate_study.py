@@ -14,6 +14,15 @@ of these gates after a warm-up of ``--warmup`` images:
 - ``oracle``: learns exactly the normal images (labels; a bound, not a method) and reports which
   images a ``robust`` gate with this k, or a ``quantile`` gate, would have accepted.
 
+``--statistic lof`` gates on a local-density score instead of the image score: each patch's
+distance to its nearest item divided by that item's distance to its own nearest other item,
+z-normalised per position with running statistics of the images learned, smoothed, maximum over
+the image (the nearest-other distances are recomputed whenever the memory has changed).
+
+``--forget-every N --forget-pct P`` is a memory that forgets: every N images, the P% of the items
+that lie farthest from any other item (a learned defect has no neighbours) are removed, and the
+held-out scores are also reported after removing 5%, 10% and 20% of the items at the end.
+
 ``--defer N`` keeps refused images for up to N images and re-scores them every 8 images, learning
 those that now pass. Prints one JSON line: held-out image/pixel AUROC (pixel on maps subsampled
 by 4), prequential image AUROC, and the fractions of streamed defect and normal images learned.
@@ -36,7 +45,8 @@ from lemo_edge.config import ModelConfig  # noqa: E402
 from lemo_edge.datasets import open_dataset  # noqa: E402
 from lemo_edge.evaluate import encode, score_model  # noqa: E402
 from lemo_edge.evaluate_cli import make_extractor  # noqa: E402
-from lemo_edge.model import LemoModel, Scores  # noqa: E402
+from lemo_edge.memory import nearest_other  # noqa: E402
+from lemo_edge.model import LemoModel, PositionNorm, Scores  # noqa: E402
 from lemo_edge.updater import OnlineUpdater  # noqa: E402
 
 
@@ -48,6 +58,9 @@ def main() -> int:
     parser.add_argument("--window", type=int, default=64)
     parser.add_argument("--warmup", type=int, default=16)
     parser.add_argument("--defer", type=int, default=0)
+    parser.add_argument("--forget-every", type=int, default=0, help="remove isolated items every N images")
+    parser.add_argument("--forget-pct", type=float, default=5.0, help="percentage of the items removed each time")
+    parser.add_argument("--statistic", choices=("image", "lof"), default="image", help="what the gate compares")
     parser.add_argument("--backend", default="onnxruntime")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--merge-slack", type=float, default=None, help="the model's merge_slack (default: config's)")
@@ -55,6 +68,8 @@ def main() -> int:
         "--online", action="store_true", help="stream the normal images only; held out: the whole test set"
     )
     args = parser.parse_args()
+    if args.statistic == "lof" and args.gate == "accepted":
+        parser.error("--statistic lof needs --gate robust, quantile or oracle (the model's gate uses image scores)")
 
     config = ModelConfig(threshold_k=args.k, warmup=args.warmup)
     if args.merge_slack is not None:
@@ -79,12 +94,58 @@ def main() -> int:
     scores = np.zeros(len(order))
     labels = stream.labels[np.asarray(order)]
 
-    def score(idx: int) -> tuple[torch.Tensor, Scores, float]:
+    lof_norm = PositionNorm(model.grid, args.window)
+    nn_dist, nn_key = torch.zeros(0), None
+
+    def refresh_nn() -> None:  # nearest-other distance of every item, whenever the memory changed
+        nonlocal nn_dist, nn_key
+        key = (int(model.memory.count), updater.stats.inserted, updater.stats.updates)
+        if key != nn_key:
+            items = model.memory.items.detach()
+            nn_dist = nearest_other(items)[0] if items.shape[0] >= 2 else torch.zeros(0)
+            nn_key = key
+
+    def gate_statistic(out: Scores, image_score: float) -> tuple[float, torch.Tensor | None]:
+        if args.statistic == "lof":
+            refresh_nn()
+        if args.statistic == "image" or nn_dist.shape[0] < 2:
+            return image_score, None
+        ratio = out.nearest.nearest_distance / nn_dist[out.nearest.index].clamp(min=1e-6)
+        ratio = ratio.view(1, *model.grid)
+        with torch.no_grad():
+            _, value = model.maps(lof_norm(ratio))
+        return float(value[0]), ratio[0]
+
+    def forget(pct: float) -> None:  # remove the pct% most isolated items (largest nearest-other distance)
+        memory = model.memory
+        items = memory.items.detach().clone()
+        drop = int(pct / 100 * items.shape[0])
+        if drop == 0:
+            return
+        keep = torch.ones(items.shape[0], dtype=torch.bool)
+        keep[nearest_other(items)[0].argsort(descending=True)[:drop]] = False
+        restore(items[keep])
+
+    def restore(items: torch.Tensor) -> None:
+        memory = model.memory
+        memory.bank[: items.shape[0]] = items
+        memory.count.fill_(items.shape[0])
+        memory._nn = None  # the cached nearest others described the old rows
+        if memory.index is not None:
+            memory.index.reset()
+
+    def score(idx: int) -> tuple[torch.Tensor, Scores, float, torch.Tensor | None]:
         feats = stream.features[idx : idx + 1].float()
         out = model.score(feats)
         with torch.no_grad():
             _, image_score = model.maps(out.patch)
-        return feats, out, float(image_score[0])
+        statistic, ratio = gate_statistic(out, float(image_score[0]))
+        return feats, out, statistic, ratio
+
+    def learn(feats: torch.Tensor, out: Scores, statistic: float, ratio: torch.Tensor | None) -> bool:
+        if ratio is not None:
+            lof_norm.update(ratio)
+        return updater.observe(feats, out, statistic, force=True)
 
     def threshold() -> float:
         window = np.asarray(recent[-args.window :])
@@ -95,7 +156,7 @@ def main() -> int:
 
     t0 = time.perf_counter()
     for n, idx in enumerate(order):
-        feats, out, image_score = score(idx)
+        feats, out, image_score, ratio = score(idx)
         scores[n] = image_score
         if args.gate == "accepted":
             learned[n] = updater.observe(feats, out, image_score)
@@ -105,16 +166,18 @@ def main() -> int:
             if args.gate == "oracle" and labels.any():
                 accept = labels[n] == 0
             recent.append(image_score)
-            learned[n] = updater.observe(feats, out, image_score, force=accept) if accept else False
+            learned[n] = learn(feats, out, image_score, ratio) if accept else False
+        if args.forget_every and n % args.forget_every == args.forget_every - 1 and int(model.memory.count) >= 64:
+            forget(args.forget_pct)
         if args.defer and not learned[n]:
             refused.append((n, idx))
         if args.defer and n >= args.warmup and n % 8 == 0 and refused:
             limit = threshold() if args.gate != "accepted" else updater.threshold.value
             still = []
             for m, j in refused:
-                f2, o2, s2 = score(j)
+                f2, o2, s2, r2 = score(j)
                 if s2 <= limit:
-                    learned[m] = updater.observe(f2, o2, s2, force=True)
+                    learned[m] = learn(f2, o2, s2, r2)
                 elif n - m < args.defer:
                     still.append((m, j))
             refused = still
@@ -123,6 +186,7 @@ def main() -> int:
     result = {
         "protocol": "online" if args.online else "mixed",
         "gate": args.gate,
+        "statistic": args.statistic,
         "k": args.k,
         "window": args.window,
         "warmup": args.warmup,
@@ -148,6 +212,13 @@ def main() -> int:
             "defects": float(would[labels == 1].mean()),
             "normal": float(would[labels == 0].mean()),
         }
+    if args.forget_every or args.gate in ("accepted", "oracle"):
+        learned_items = model.memory.items.detach().clone()
+        for pct in (5.0, 10.0, 20.0):
+            restore(learned_items)
+            forget(pct)
+            _, after = score_model(model, held.features)
+            result[f"held_out_image_auroc_forget_{pct:g}pct_at_end"] = metrics.image_auroc(after, held.labels)
     print(json.dumps({key: round(v, 4) if isinstance(v, float) else v for key, v in result.items()}))
     return 0
 
