@@ -106,9 +106,10 @@ def main() -> int:
             nn_key = key
 
     def gate_statistic(out: Scores, image_score: float) -> tuple[float, torch.Tensor | None]:
-        if args.statistic == "lof":
-            refresh_nn()
-        if args.statistic == "image" or nn_dist.shape[0] < 2:
+        if args.statistic == "image":
+            return image_score, None
+        refresh_nn()
+        if nn_dist.shape[0] < 2:
             return image_score, None
         ratio = out.nearest.nearest_distance / nn_dist[out.nearest.index].clamp(min=1e-6)
         ratio = ratio.view(1, *model.grid)
@@ -117,22 +118,10 @@ def main() -> int:
         return float(value[0]), ratio[0]
 
     def forget(pct: float) -> None:  # remove the pct% most isolated items (largest nearest-other distance)
-        memory = model.memory
-        items = memory.items.detach().clone()
-        drop = int(pct / 100 * items.shape[0])
-        if drop == 0:
-            return
+        items = model.memory.items.detach()
         keep = torch.ones(items.shape[0], dtype=torch.bool)
-        keep[nearest_other(items)[0].argsort(descending=True)[:drop]] = False
-        restore(items[keep])
-
-    def restore(items: torch.Tensor) -> None:
-        memory = model.memory
-        memory.bank[: items.shape[0]] = items
-        memory.count.fill_(items.shape[0])
-        memory._nn = None  # the cached nearest others described the old rows
-        if memory.index is not None:
-            memory.index.reset()
+        keep[nearest_other(items)[0].argsort(descending=True)[: int(pct / 100 * items.shape[0])]] = False
+        model.memory.replace_items(items[keep])
 
     def score(idx: int) -> tuple[torch.Tensor, Scores, float, torch.Tensor | None]:
         feats = stream.features[idx : idx + 1].float()
@@ -215,7 +204,7 @@ def main() -> int:
     if args.forget_every or args.gate in ("accepted", "oracle"):
         learned_items = model.memory.items.detach().clone()
         for pct in (5.0, 10.0, 20.0):
-            restore(learned_items)
+            model.memory.replace_items(learned_items)
             forget(pct)
             _, after = score_model(model, held.features)
             result[f"held_out_image_auroc_forget_{pct:g}pct_at_end"] = metrics.image_auroc(after, held.labels)

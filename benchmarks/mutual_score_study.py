@@ -11,7 +11,8 @@ patch score is the mean of the smallest ``alpha`` fraction of these per-image di
 the minimum, i.e. a memory of all recent patches; larger alpha tolerates a defect that recurs in
 a few images); the map is smoothed 3x3, the image score is its maximum. Prints one JSON line with
 the image AUROC (defects vs normal images of the stream) for each alpha, and for alpha 0.2 also
-with the per-position normalisation the model uses (z-scores against the previous 64 maps).
+with the model's per-position normalisation (lemo_edge.model.PositionNorm, window 64) fed with
+every map.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from lemo_edge.config import ModelConfig  # noqa: E402
 from lemo_edge.datasets import open_dataset  # noqa: E402
 from lemo_edge.evaluate import encode  # noqa: E402
 from lemo_edge.evaluate_cli import make_extractor  # noqa: E402
+from lemo_edge.model import PositionNorm  # noqa: E402
 from lemo_edge.scoring import squared_distances  # noqa: E402
 
 ALPHAS = (0.0, 0.1, 0.2, 0.3, 0.5)
@@ -58,8 +60,9 @@ def main() -> int:
     h, w = stream.features.shape[2:]
 
     t0 = time.perf_counter()
-    scores = {alpha: [] for alpha in ALPHAS}
-    maps = []
+    scores: dict[float | str, list[float]] = {alpha: [] for alpha in ALPHAS}
+    scores["0.2_position_norm"] = []
+    position_norm = PositionNorm((h, w), window=64)
     for i in tqdm(range(args.window, n), desc="mutual scores"):
         ref = patches[i - args.window : i].reshape(-1, patches.shape[2])
         per_image = squared_distances(patches[i], ref).view(p, args.window, p).min(dim=2).values.sqrt()
@@ -69,15 +72,10 @@ def main() -> int:
             smoothed = F.avg_pool2d(ranked[:, :m].mean(dim=1).view(1, 1, h, w), 3, 1, 1)[0, 0]
             scores[alpha].append(float(smoothed.max()))
             if alpha == 0.2:
-                maps.append(smoothed.numpy())
+                scores["0.2_position_norm"].append(float(position_norm(smoothed[None]).max()))
+                position_norm.update(smoothed)
     y = labels[args.window :]
     result = {f"alpha_{a}": round(metrics.image_auroc(np.array(s), y), 4) for a, s in scores.items()}
-    stack = np.stack(maps)
-    normalised = []
-    for i in range(len(stack)):
-        ref = stack[max(0, i - 64) : i] if i >= 8 else stack[:8]
-        normalised.append(float(((stack[i] - ref.mean(0)) / (ref.std(0) + 1e-6)).max()))
-    result["alpha_0.2_position_norm"] = round(metrics.image_auroc(np.array(normalised), y), 4)
     head = {"window": args.window, "images": int(len(y)), "defects": int(y.sum())}
     print(json.dumps({**head, **result, "seconds": round(time.perf_counter() - t0, 1)}))
     return 0

@@ -75,6 +75,21 @@ class CoresetMemory(nn.Module):
         return self.bank[: int(self.count)]
 
     @torch.no_grad()
+    def replace_items(self, items: torch.Tensor) -> None:
+        """Make ``items (n, D)`` (n <= K) the memory's items, e.g. to remove some; the radius stays."""
+        if items.ndim != 2 or items.shape[1] != self.bank.shape[1] or items.shape[0] > self.capacity:
+            raise InputError(f"items: expected (n <= {self.capacity}, {self.bank.shape[1]}), got {describe(items)}")
+        self.bank[: items.shape[0]] = items
+        self.count.fill_(items.shape[0])
+        self._forget_derived()
+
+    def _forget_derived(self) -> None:
+        """Drop what was computed from the old items (nearest-other cache, index)."""
+        self._nn = None
+        if self.index is not None:
+            self.index.reset()
+
+    @torch.no_grad()
     def search(self, z: torch.Tensor, k: int) -> Nearest:
         """Nearest items of ``z (N, D)``: exact, or through the inverted index when there is one."""
         if self.index is None:
@@ -178,9 +193,7 @@ class CoresetMemory(nn.Module):
         return torch.cat([nn_dist, new_best.values.sqrt()]), torch.cat([nn_index, new_best.indices])
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
-        self._nn = None  # the loaded items are not the ones the cache was computed for
-        if self.index is not None:
-            self.index.reset()
+        self._forget_derived()  # the loaded items are not the ones they were computed for
         super()._load_from_state_dict(*args, **kwargs)
 
 

@@ -9,6 +9,7 @@ import torch
 
 from lemo_edge.config import ModelConfig
 from lemo_edge.errors import InputError
+from lemo_edge.ivf import InvertedIndex
 from lemo_edge.memory import CoresetMemory, LearnedMemory, nearest_other, orthogonal_noise, two_means
 from lemo_edge.scoring import nearest_memory
 
@@ -114,6 +115,25 @@ def test_merge_with_kept_nearest_others_equals_full_recomputation():
         assert torch.equal(got[1], want[1])
         assert torch.allclose(got[0], want[0])
     assert merges >= 5
+
+
+def test_replace_items_drops_what_was_derived_from_the_old_items():
+    torch.manual_seed(4)
+    memory = CoresetMemory(capacity=120, dim=6, insert_per_image=24, index=InvertedIndex(lists=2, probe=2))
+    for _ in range(30):  # full, merged, with a nearest-other cache and a built index
+        z = torch.randn(64, 6)
+        memory.insert(z, memory.search(z, 1).score if int(memory.count) else torch.full((64,), math.inf))
+    assert memory._nn is not None and memory.index is not None and memory.index.centroids is not None
+    kept = memory.items[::2].clone()
+    memory.replace_items(kept)
+    assert torch.equal(memory.items, kept) and int(memory.count) == kept.shape[0]
+    assert memory._nn is None and memory.index.centroids is None
+    z = torch.randn(40, 6)
+    assert torch.equal(memory.search(z, 1).index, nearest_memory(z, kept, 1).index)
+    with pytest.raises(InputError, match="items: expected"):
+        memory.replace_items(torch.randn(121, 6))
+    with pytest.raises(InputError, match="items: expected"):
+        memory.replace_items(torch.randn(10, 5))
 
 
 def test_nearest_other_of_some_rows():
