@@ -35,7 +35,7 @@ import json
 import os
 import time
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as lemo_edge.cli does; set before torch is imported
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as lemo_edge.runtime.main does; set before torch is imported
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -44,9 +44,10 @@ from lemo_edge import metrics  # noqa: E402
 from lemo_edge.config import ModelConfig  # noqa: E402
 from lemo_edge.datasets import open_dataset  # noqa: E402
 from lemo_edge.evaluate import encode, score_model  # noqa: E402
-from lemo_edge.evaluate_cli import make_extractor  # noqa: E402
+from lemo_edge.inspector import FrameOutcome, Inspector  # noqa: E402
 from lemo_edge.memory import nearest_other  # noqa: E402
-from lemo_edge.model import LemoModel, PositionNorm, Scores  # noqa: E402
+from lemo_edge.model import LemoModel, PositionNorm  # noqa: E402
+from lemo_edge.runtime.eval_cli import make_extractor  # noqa: E402
 from lemo_edge.updater import OnlineUpdater  # noqa: E402
 
 
@@ -87,6 +88,7 @@ def main() -> int:
 
     model = LemoModel(config, spec)
     updater = OnlineUpdater(model)
+    inspector = Inspector(updater)
     recent: list[float] = []
     refused: list[tuple[int, int]] = []  # (stream position, item index)
     learned = np.zeros(len(order), bool)
@@ -99,18 +101,19 @@ def main() -> int:
 
     def refresh_nn() -> None:  # nearest-other distance of every item, whenever the memory changed
         nonlocal nn_dist, nn_key
-        key = (int(model.memory.count), updater.stats.inserted, updater.stats.updates)
+        key = (model.memory.items.shape[0], updater.stats.inserted, updater.stats.updates)
         if key != nn_key:
             items = model.memory.items.detach()
             nn_dist = nearest_other(items)[0] if items.shape[0] >= 2 else torch.zeros(0)
             nn_key = key
 
-    def gate_statistic(out: Scores, image_score: float) -> tuple[float, torch.Tensor | None]:
-        if args.statistic == "image":
-            return image_score, None
+    def gate_statistic(outcome: FrameOutcome) -> tuple[float, torch.Tensor | None]:
+        if args.statistic == "image" or outcome.scores is None:
+            return outcome.score, None
         refresh_nn()
         if nn_dist.shape[0] < 2:
-            return image_score, None
+            return outcome.score, None
+        out = outcome.scores
         ratio = out.nearest.nearest_distance / nn_dist[out.nearest.index].clamp(min=1e-6)
         ratio = ratio.view(1, *model.grid)
         with torch.no_grad():
@@ -123,18 +126,15 @@ def main() -> int:
         keep[nearest_other(items)[0].argsort(descending=True)[: int(pct / 100 * items.shape[0])]] = False
         model.memory.replace_items(items[keep])
 
-    def score(idx: int) -> tuple[torch.Tensor, Scores, float, torch.Tensor | None]:
-        feats = stream.features[idx : idx + 1].float()
-        out = model.score(feats)
-        with torch.no_grad():
-            _, image_score = model.maps(out.patch)
-        statistic, ratio = gate_statistic(out, float(image_score[0]))
-        return feats, out, statistic, ratio
+    def score(idx: int) -> tuple[FrameOutcome, float, torch.Tensor | None]:
+        outcome = inspector.assess(stream.features[idx : idx + 1].float())
+        statistic, ratio = gate_statistic(outcome)
+        return outcome, statistic, ratio
 
-    def learn(feats: torch.Tensor, out: Scores, statistic: float, ratio: torch.Tensor | None) -> bool:
+    def learn(outcome: FrameOutcome, ratio: torch.Tensor | None) -> bool:
         if ratio is not None:
             lof_norm.update(ratio)
-        return updater.observe(feats, out, statistic, force=True)
+        return inspector.commit(outcome, force=True).learned
 
     def threshold() -> float:
         window = np.asarray(recent[-args.window :])
@@ -145,18 +145,18 @@ def main() -> int:
 
     t0 = time.perf_counter()
     for n, idx in enumerate(order):
-        feats, out, image_score, ratio = score(idx)
+        outcome, image_score, ratio = score(idx)
         scores[n] = image_score
         if args.gate == "accepted":
-            learned[n] = updater.observe(feats, out, image_score)
+            learned[n] = inspector.commit(outcome).learned
         else:
             accept = n < args.warmup or image_score <= threshold()
             would[n] = accept
             if args.gate == "oracle" and labels.any():
                 accept = labels[n] == 0
             recent.append(image_score)
-            learned[n] = learn(feats, out, image_score, ratio) if accept else False
-        if args.forget_every and n % args.forget_every == args.forget_every - 1 and int(model.memory.count) >= 64:
+            learned[n] = learn(outcome, ratio) if accept else False
+        if args.forget_every and n % args.forget_every == args.forget_every - 1 and model.memory.items.shape[0] >= 64:
             forget(args.forget_pct)
         if args.defer and not learned[n]:
             refused.append((n, idx))
@@ -164,14 +164,14 @@ def main() -> int:
             limit = threshold() if args.gate != "accepted" else updater.threshold.value
             still = []
             for m, j in refused:
-                f2, o2, s2, r2 = score(j)
+                o2, s2, r2 = score(j)
                 if s2 <= limit:
-                    learned[m] = learn(f2, o2, s2, r2)
+                    learned[m] = learn(o2, r2)
                 elif n - m < args.defer:
                     still.append((m, j))
             refused = still
 
-    maps, held_scores = score_model(model, held.features)
+    maps, held_scores = score_model(inspector, held.features)
     result = {
         "protocol": "online" if args.online else "mixed",
         "gate": args.gate,
@@ -206,7 +206,7 @@ def main() -> int:
         for pct in (5.0, 10.0, 20.0):
             model.memory.replace_items(learned_items)
             forget(pct)
-            _, after = score_model(model, held.features)
+            _, after = score_model(inspector, held.features)
             result[f"held_out_image_auroc_forget_{pct:g}pct_at_end"] = metrics.image_auroc(after, held.labels)
     print(json.dumps({key: round(v, 4) if isinstance(v, float) else v for key, v in result.items()}))
     return 0

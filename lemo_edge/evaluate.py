@@ -23,6 +23,7 @@ from lemo_edge import metrics
 from lemo_edge.baselines import GreedyBank, ReservoirBank, patchcore_bank
 from lemo_edge.config import ModelConfig
 from lemo_edge.datasets import DatasetSplits, resize_sample
+from lemo_edge.inspector import Inspector
 from lemo_edge.model import LemoModel
 from lemo_edge.scoring import anomaly_map, image_scores, nearest_memory
 from lemo_edge.updater import OnlineUpdater
@@ -76,15 +77,13 @@ def encode(items: Sequence[Any], extract: Extract, size: int, desc: str, keep: S
     return Encoded(torch.stack(feats), np.asarray(labels, np.int64), np.stack(masks).astype(np.uint8), names, images)
 
 
-def score_model(model: LemoModel, features: torch.Tensor, batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """Maps ``(N, S, S) float32`` and image scores ``(N,) float32`` of cached features."""
+def score_model(inspector: Inspector, features: torch.Tensor, batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Maps ``(N, S, S) float32`` and image scores ``(N,) float32`` of cached features ``(N, D, h, w)``."""
     maps, scores = [], []
-    with torch.no_grad():
-        for start in range(0, features.shape[0], batch):
-            patch = model.score(features[start : start + batch].float()).patch
-            m, s = model.maps(patch)
-            maps.append(m.numpy())
-            scores.append(s.numpy())
+    for start in range(0, features.shape[0], batch):
+        m, s = inspector.score(features[start : start + batch].to(inspector.device, torch.float32))
+        maps.append(m.cpu().numpy())
+        scores.append(s.cpu().numpy())
     return np.concatenate(maps), np.concatenate(scores)
 
 
@@ -249,6 +248,7 @@ class Evaluator:
         self.timings["encode_test_s"] = time.perf_counter() - t
         model = LemoModel(self.config, self.spec)
         updater = OnlineUpdater(model)
+        inspector = Inspector(updater)
         order = self._order(len(self.data.train_good))
         checkpoints = set(checkpoints_for(len(order))) if self.fewshot and epochs == 1 else {len(order)}
         fewshot_test = subset(test, FEWSHOT_FRACTION, self.seed)
@@ -264,20 +264,17 @@ class Evaluator:
             ):
                 feats = train.features[idx : idx + 1].float()
                 t_learn = time.perf_counter()
-                scores = model.score(feats)
-                with torch.no_grad():
-                    _, image_score = model.maps(scores.patch.detach())
-                updater.observe(feats, scores, float(image_score[0]), force=not gated)
+                inspector.step(feats, force=not gated)
                 learn_s += time.perf_counter() - t_learn
                 if epoch == 0 and step in checkpoints and step != len(order):
-                    maps, s = score_model(model, fewshot_test.features)
+                    maps, s = score_model(inspector, fewshot_test.features)
                     point = compute_metrics(maps, s, fewshot_test, full=False)
                     point["images"] = step
                     curve.append(point)
                     log.info("after %d images: %s", step, point)
         self.timings["stream_s"] = time.perf_counter() - t
         self.timings["learn_per_image_ms"] = 1000.0 * learn_s / max(1, epochs * len(order))
-        maps, s = score_model(model, test.features)
+        maps, s = score_model(inspector, test.features)
         headline = compute_metrics(maps, s, test, threshold=updater.threshold.value)
         log.info("after all %d images: %s", len(order), headline)
         curve.append(
@@ -308,6 +305,7 @@ class Evaluator:
         order = self._order(len(stream_items))
         model = LemoModel(self.config, self.spec)
         updater = OnlineUpdater(model)
+        inspector = Inspector(updater)
         stream = Stream()
         pixel_maps, pixel_masks = [], []
         t = time.perf_counter()
@@ -315,17 +313,14 @@ class Evaluator:
             sample = resize_sample(stream_items[idx].load(), (size, size))
             with torch.no_grad():
                 feats = self.extract(image_tensor(sample.image)).float().cpu()
-            scores = model.score(feats)
-            with torch.no_grad():
-                m, image_score = model.maps(scores.patch.detach())
-            decided = updater.observe(feats, scores, float(image_score[0]))
-            stream.scores.append(float(image_score[0]))
+            outcome = inspector.step(feats)
+            stream.scores.append(outcome.score)
             stream.labels.append(int(sample.label))
-            stream.accepted.append(decided)
-            pixel_maps.append(m[0].numpy().astype(np.float16))
+            stream.accepted.append(outcome.learned)
+            pixel_maps.append(outcome.map.cpu().numpy().astype(np.float16))
             pixel_masks.append(sample.mask if sample.mask is not None else np.zeros((size, size), np.uint8))
         self.timings["stream_s"] = time.perf_counter() - t
-        maps, test_scores = score_model(model, test.features)
+        maps, test_scores = score_model(inspector, test.features)
         result: dict[str, Any] = compute_metrics(maps, test_scores, test, threshold=updater.threshold.value)
         labels = np.asarray(stream.labels)
         accepted = np.asarray(stream.accepted)

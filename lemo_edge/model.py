@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import NamedTuple
+import math
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -13,7 +13,7 @@ from lemo_edge.config import ModelConfig
 from lemo_edge.errors import InputError, describe
 from lemo_edge.ivf import InvertedIndex
 from lemo_edge.memory import CoresetMemory, LearnedMemory
-from lemo_edge.scoring import Nearest, anomaly_map, image_scores, nearest_memory
+from lemo_edge.scoring import Nearest, Scorer, anomaly_map, image_scores
 
 
 class CoordAdapter(nn.Module):
@@ -63,22 +63,27 @@ class PositionNorm(nn.Module):
         self.register_buffer("mean", torch.zeros(grid))
         self.register_buffer("var", torch.zeros(grid))
         self.register_buffer("count", torch.zeros((), dtype=torch.int64))
+        self.seen = 0  # Python mirror of ``count``
 
     @property
     def ready(self) -> bool:
         """Whether maps are normalised yet."""
-        return int(self.count) >= self.min_count
+        return self.seen >= self.min_count
 
     @torch.no_grad()
     def update(self, patch: torch.Tensor) -> None:
-        """Add one image's raw patch scores ``(h, w) float32`` (ignored unless all finite)."""
-        if not bool(torch.isfinite(patch).all()):
-            return
-        self.count += 1
-        alpha = max(1.0 / int(self.count), 1.0 / self.window)
+        """Add one image's raw patch scores ``(h, w) float32``; the caller passes finite scores only
+        (:class:`~lemo_edge.inspector.Inspector` never learns from a frame that has a non-finite one)."""
+        self.seen += 1
+        self.count.fill_(self.seen)
+        alpha = max(1.0 / self.seen, 1.0 / self.window)
         delta = patch - self.mean
         self.mean += alpha * delta
         self.var.copy_((1.0 - alpha) * (self.var + alpha * delta * delta))
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self.seen = int(self.count)
 
     def forward(self, patch: torch.Tensor) -> torch.Tensor:
         """``(B, h, w)`` raw scores -> z-scores (or unchanged before ``min_count``)."""
@@ -139,31 +144,42 @@ class LemoModel(nn.Module):
         out = self.adapter(features.float())
         return out.flatten(2).transpose(1, 2)
 
-    def score(
-        self, features: torch.Tensor, scorer: Callable[[torch.Tensor, torch.Tensor], Nearest] | None = None
-    ) -> Scores:
-        """Patch scores of a batch of backbone features ``(B, D, h, w) float``.
+    def use_scorer(self, scorer: Scorer | None) -> None:
+        """Search the memory with ``scorer`` (e.g. the CUDA kernel) instead of the torch reference.
 
         Args:
-            features: ``(B, D, h, w) float`` backbone features.
-            scorer: ``(z (N, D), items (K, D)) -> Nearest`` used instead of the torch reference
-                (e.g. the CUDA kernel); ``None``: :func:`lemo_edge.scoring.nearest_memory`.
+            scorer: ``(z (N, D), items (K, D)) -> Nearest`` computing what :func:`nearest_memory` computes
+                for ``config.score_k`` nearest items (its ``k`` attribute, when it has one, must equal it);
+                ``None``: back to the memory's own search.
+
+        Raises:
+            InputError: the scorer averages another number of nearest items than the model.
+        """
+        k = getattr(scorer, "k", self.config.score_k)
+        if scorer is not None and k != self.config.score_k:
+            raise InputError(f"scorer: expected one averaging score_k={self.config.score_k} nearest items, got k={k}")
+        self.memory.scorer = scorer
+
+    def score(self, features: torch.Tensor) -> Scores:
+        """Patch scores of a batch of backbone features.
+
+        Args:
+            features: ``(B, D, h, w) float`` backbone features, on the model's device.
+
+        Returns:
+            :class:`Scores`; every memory answers through its ``search`` (the reference, an index or the
+            scorer set by :meth:`use_scorer`).
         """
         emb = self.embed(features)
         b, p, d = emb.shape
-        items = self.memory.items.detach()
+        items = self.memory.items
         if items.shape[0] == 0:
             inf = torch.full((b * p,), float("inf"), device=emb.device)
             nearest = Nearest(inf, torch.zeros(b * p, dtype=torch.int64, device=emb.device))
-        elif scorer is not None:
-            nearest = scorer(emb.detach().reshape(b * p, d), items)
         else:
             with torch.no_grad():
-                z, k = emb.detach().reshape(b * p, d), min(self.config.score_k, items.shape[0])
-                if isinstance(self.memory, CoresetMemory):
-                    nearest = self.memory.search(z, k)
-                else:
-                    nearest = nearest_memory(z, items, k)
+                k = min(self.config.score_k, items.shape[0])
+                nearest = self.memory.search(emb.detach().reshape(b * p, d), k)
         raw = nearest.score.view(b, *self.grid)
         patch = self.position_norm(raw) if self.position_norm is not None else raw
         return Scores(emb, nearest, raw, patch)
@@ -171,5 +187,6 @@ class LemoModel(nn.Module):
     def maps(self, patch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Anomaly maps ``(B, S, S) float32`` and image scores ``(B,) float32`` from patch scores."""
         size = (self.config.size, self.config.size)
-        maps = anomaly_map(patch.nan_to_num(posinf=0.0), size, self.config.sigma)
+        # an empty memory scores inf: its maps are 0; NaN stays NaN (the Inspector reports such frames)
+        maps = anomaly_map(patch.nan_to_num(nan=math.nan, posinf=0.0), size, self.config.sigma)
         return maps, image_scores(maps)

@@ -7,6 +7,7 @@ It runs on CPU and CUDA alike.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -39,6 +40,11 @@ class Nearest(NamedTuple):
     def nearest_distance(self) -> torch.Tensor:
         """``(N,) float32`` distance to the nearest item."""
         return self.score if self.distance is None else self.distance
+
+
+Scorer = Callable[[torch.Tensor, torch.Tensor], Nearest]
+"""A nearest-memory scorer: ``z (N, D)``, ``memory (K, D)`` -> :class:`Nearest`, as :func:`nearest_memory`
+computes it for the scorer's own ``k`` (``lemo_edge.runtime.protocols.Scorer`` is this contract)."""
 
 
 def squared_distances(z: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:

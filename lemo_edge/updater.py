@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -19,6 +20,28 @@ from lemo_edge.model import LemoModel, Scores
 from lemo_edge.threshold import OnlineThreshold
 
 log = logging.getLogger(__name__)
+
+
+REASON_NOT_FINITE = "not finite"
+REASON_FORCED = "forced"
+REASON_GATE_OFF = "gate off"
+REASON_WARMUP = "warm-up"
+REASON_ABOVE = "above threshold"
+REASON_BELOW = "below threshold"
+
+
+class Observation(NamedTuple):
+    """What :meth:`OnlineUpdater.observe` did with one image.
+
+    Attributes:
+        learned: whether the model was updated.
+        reason: why (one of the ``REASON_*`` strings of this module).
+        inserted: patches that became memory items.
+    """
+
+    learned: bool
+    reason: str
+    inserted: int
 
 
 @dataclass
@@ -55,54 +78,77 @@ class OnlineUpdater:
         self.optimizer = torch.optim.AdamW(params) if params else None
         self._margin: float | None = None
 
-    def accepts(self, image_score: float) -> bool:
-        """Gate: learn from this image? Always during the warm-up or with gating off."""
-        if not self.config.gate or self.stats.seen < self.config.warmup:
-            return True
-        return image_score <= self.threshold.value
+    def decide(self, image_score: float, finite: bool = True, force: bool = False) -> tuple[bool, str]:
+        """The gate: learn from an image with this score? Returns ``(accept, reason)``.
 
-    def observe(self, features: torch.Tensor, scores: Scores, image_score: float, force: bool = False) -> bool:
+        A frame with a non-finite feature or score is never learned. Otherwise every frame is learned
+        during the warm-up, with gating off, or when ``force``; after that exactly the frames the
+        threshold judges normal (:meth:`OnlineThreshold.is_anomalous` is false): the gate and the
+        decision are one comparison, so they agree at the threshold too.
+        """
+        if not finite:
+            return False, REASON_NOT_FINITE
+        if force:
+            return True, REASON_FORCED
+        if not self.config.gate:
+            return True, REASON_GATE_OFF
+        if self.stats.seen < self.config.warmup:
+            return True, REASON_WARMUP
+        if self.threshold.is_anomalous(image_score):
+            return False, REASON_ABOVE
+        return True, REASON_BELOW
+
+    def observe(
+        self, features: torch.Tensor, scores: Scores, image_score: float, force: bool = False, finite: bool = True
+    ) -> Observation:
         """Decide on one already scored image and learn from it if accepted.
 
         Args:
             features: ``(1, D, h, w) float32`` backbone features of the image.
             scores: what :meth:`LemoModel.score` returned for them.
             image_score: the image's score (max of its smoothed map).
-            force: learn regardless of the gate (offline training).
+            force: learn regardless of the gate (offline training); never a non-finite frame.
+            finite: whether the image's embeddings and patch scores are all finite.
 
         Returns:
-            Whether the model was updated.
+            The :class:`Observation`; a refused frame leaves threshold, normalisation and memory unchanged.
         """
-        accept = force or self.accepts(image_score)
+        accept, reason = self.decide(image_score, finite, force)
         self.stats.seen += 1
         if not accept:
             self.stats.rejected += 1
-            return False
+            return Observation(False, reason, 0)
         norm = self.model.position_norm
-        if bool(torch.isfinite(scores.raw).all()) and (norm is None or norm.ready):
+        covered = self.model.memory.items.shape[0] > 0  # else every raw score is inf (an empty memory)
+        if covered and math.isfinite(image_score) and (norm is None or norm.ready):
             self.threshold.update(image_score)
-        if norm is not None:
+        if norm is not None and covered:
             norm.update(scores.raw[0])
-        self.learn(features, scores)
+        inserted = self.learn(features, scores)
         self.stats.updates += 1
-        return True
+        return Observation(True, reason, inserted)
 
-    def learn(self, features: torch.Tensor, scores: Scores) -> None:
-        """One online update from a single image's features (batch of 1)."""
+    def learn(self, features: torch.Tensor, scores: Scores) -> int:
+        """One online update from a single image's features (batch of 1); returns the patches that
+        became memory items (inserted or re-seeded)."""
         memory = self.model.memory
         z = scores.embeddings[0].detach()
         if isinstance(memory, CoresetMemory):
-            self.stats.inserted += memory.insert(z, scores.nearest.nearest_distance)
+            inserted = memory.insert(z, scores.nearest.nearest_distance)
+            self.stats.inserted += inserted
             if self.optimizer is not None:
                 self._gradient_steps(features)
-            return
+            return inserted
         assert isinstance(memory, LearnedMemory)
         self._gradient_steps(features)
         memory.mark_used(scores.nearest.index)
+        reseeded = 0
         if self.config.reseed_after > 0:
-            self.stats.reseeded += memory.reseed(z, scores.nearest.nearest_distance, self.config.reseed_after)
-        if self.config.refresh_every > 0 and int(memory.step) % self.config.refresh_every == 0:
+            reseeded = memory.reseed(z, scores.nearest.nearest_distance, self.config.reseed_after)
+            self.stats.reseeded += reseeded
+        if self.config.refresh_every > 0 and memory.steps % self.config.refresh_every == 0:
             self.stats.refreshed += memory.refresh(z, self.config.refresh_min_patches)
+        return reseeded
 
     def _gradient_steps(self, features: torch.Tensor) -> None:
         assert self.optimizer is not None

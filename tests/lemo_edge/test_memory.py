@@ -46,10 +46,41 @@ def test_coreset_never_grows_past_capacity_and_covers():
 def test_coreset_inserts_farthest_first_and_respects_radius():
     mem = CoresetMemory(capacity=10, dim=1, insert_per_image=2)
     z = torch.tensor([[0.0], [0.1], [5.0], [10.0]])
+    # empty memory: first the patch farthest from the mean (3.775), i.e. 10; then the one farthest from it
     assert mem.insert(z, torch.full((4,), math.inf)) == 2
-    assert sorted(mem.items.flatten().tolist()) in ([0.0, 10.0], [0.1, 10.0], [5.0, 10.0], [0.0, 5.0])
-    mem.radius.fill_(100.0)
-    assert mem.insert(torch.tensor([[50.0]]), torch.tensor([40.0])) == 0
+    assert mem.items.flatten().tolist() == [10.0, 0.0]
+    # now 5.0 is 5 from both items and 0.1 only 0.1 from 0: with room for one, 5.0 is the one right answer
+    mem.insert_per_image = 1
+    assert mem.insert(torch.tensor([[0.1], [5.0]]), torch.tensor([0.1, 5.0])) == 1
+    assert mem.items.flatten().tolist() == [10.0, 0.0, 5.0]
+    # farther than the radius only: a patch at 4.0 from the memory stays out under a radius of 4.5
+    mem.coverage_radius = 4.5
+    mem.insert_per_image = 4
+    assert mem.insert(torch.tensor([[50.0], [14.0]]), torch.tensor([40.0, 4.0])) == 1
+    assert mem.items.flatten().tolist() == [10.0, 0.0, 5.0, 50.0]
+    assert int(mem.count) == mem.size == 4
+
+
+def test_coreset_stops_farthest_first_at_the_radius():
+    # all three are candidates; 0 is farthest and enters, then 0.3 (0.3 from 0, > 0.25) enters, and 0.1
+    # (0.1 from 0) does not
+    mem = CoresetMemory(capacity=10, dim=1, insert_per_image=8)
+    assert mem.insert(torch.tensor([[5.0]]), torch.tensor([math.inf])) == 1
+    mem.coverage_radius = 0.25
+    z = torch.tensor([[0.0], [0.1], [0.3]])
+    assert mem.insert(z, torch.tensor([5.0, 4.9, 4.7])) == 2
+    assert mem.items.flatten().tolist() == pytest.approx([5.0, 0.0, 0.3])
+
+
+def test_merge_drops_the_newer_of_the_closest_pairs_and_raises_the_radius():
+    mem = CoresetMemory(capacity=4, dim=1, insert_per_image=8, slack=0.25)  # merges down to 3 items
+    assert mem.insert(torch.tensor([[0.0], [10.0], [20.0]]), torch.full((3,), math.inf)) == 3
+    # two new items: 10.5 (0.5 from 10) and 20.1 (0.1 from 20); the pair (20, 20.1) merges first, then
+    # (10, 10.5): the newer member of each goes, the radius becomes the larger pair distance
+    assert mem.insert(torch.tensor([[10.5], [20.1]]), torch.tensor([0.5, 0.1])) == 2
+    assert sorted(mem.items.flatten().tolist()) == [0.0, 10.0, 20.0]
+    assert mem.coverage_radius == pytest.approx(0.5) and float(mem.radius) == pytest.approx(0.5)
+    assert mem.size == int(mem.count) == 3
 
 
 def test_coreset_insert_checks_shapes():

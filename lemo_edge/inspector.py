@@ -1,0 +1,188 @@
+"""The one frame step: score -> map -> decide -> gated update, for every caller.
+
+The inspection loop, the evaluation protocols, the benchmark and the study scripts all call
+:meth:`Inspector.step` (and :meth:`Inspector.score` for batches that are only scored), so what is
+measured is what runs. A frame costs one host synchronisation: the image score and the finiteness of
+its features and scores are read back together, the decision is taken on the host, and the update is
+queued on the device after it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from lemo_edge.errors import InputError, describe
+from lemo_edge.model import LemoModel, Scores
+from lemo_edge.scoring import Scorer
+from lemo_edge.timing import StageTimer
+from lemo_edge.updater import REASON_NOT_FINITE, Observation, OnlineUpdater
+
+REASON_FROZEN = "frozen"
+
+
+@dataclass(frozen=True)
+class FrameOutcome:
+    """What one frame's step found and did.
+
+    Attributes:
+        score: the image score (maximum of the smoothed map); ``nan`` when the frame was not finite.
+        threshold: the decision threshold the frame was judged against (``inf`` before it is learned).
+        anomalous: the decision (``score > threshold``); false for a frame that is not finite.
+        learned: whether the model learned from the frame.
+        reason: why it learned or not (``warm-up``, ``below threshold``, ``above threshold``, ``gate off``,
+            ``forced``, ``frozen``, ``not finite``).
+        finite: whether the frame's embeddings and patch scores were all finite (never learned otherwise).
+        inserted: patches that became memory items.
+        patch: ``(h, w) float32`` patch scores after position normalisation, on the model's device.
+        raw: ``(h, w) float32`` raw patch scores (nearest distances), on the model's device.
+        map: ``(H, W) float32`` smoothed anomaly map at the input size, on the model's device.
+        scores: the model's :class:`~lemo_edge.model.Scores` of the frame (embeddings, nearest items).
+        features: the frame's features until it is committed (then ``None``).
+        timer: the frame's stage marks (``score``, ``map``, ``update``); read by :attr:`timings_ms`.
+    """
+
+    score: float
+    threshold: float
+    anomalous: bool
+    learned: bool
+    reason: str
+    finite: bool
+    inserted: int
+    patch: torch.Tensor
+    raw: torch.Tensor
+    map: torch.Tensor
+    scores: Scores | None = None
+    features: torch.Tensor | None = field(default=None, repr=False)
+    timer: StageTimer | None = field(default=None, repr=False)
+
+    @property
+    def timings_ms(self) -> dict[str, float]:
+        """``{"score", "map", "update"}`` milliseconds (CUDA events on CUDA: reading them waits for the
+        frame's work to finish, so read them after the map has been copied to the host)."""
+        return self.timer.elapsed_ms() if self.timer is not None else {}
+
+
+class Inspector:
+    """Runs frames through a model and its online updater.
+
+    Args:
+        updater: the model's online updater (it holds the model and the threshold).
+        freeze: never learn (inference only; the threshold stays as it is).
+        scorer: nearest-memory scorer used by the memory's search instead of the torch reference
+            (e.g. ``lemo_edge.runtime.scorers.CudaMemoryScorer``); ``None``: the memory's own search.
+        profile: synchronise the device after every stage, for exact per-stage times (slower).
+    """
+
+    def __init__(
+        self, updater: OnlineUpdater, *, freeze: bool = False, scorer: Scorer | None = None, profile: bool = False
+    ) -> None:
+        self.updater = updater
+        self.model: LemoModel = updater.model
+        self.freeze = freeze
+        self.profile = profile
+        if scorer is not None:
+            self.model.use_scorer(scorer)
+        self.device = _module_device(self.model)
+
+    def check(self, features: torch.Tensor) -> None:
+        """Raise InputError unless ``features`` is ``(1, D, h, w)`` float for this model on its device."""
+        self.model.check_features(features)
+        if features.shape[0] != 1 or features.device != self.device:
+            raise InputError(f"features: expected one frame on {self.device}, got {describe(features)}")
+
+    def step(self, features: torch.Tensor, force: bool = False) -> FrameOutcome:
+        """Score one frame, decide, and learn from it if the gate accepts it: :meth:`assess` then :meth:`commit`.
+
+        Args:
+            features: ``(1, D, h, w) float`` backbone features on the model's device (see :meth:`check`).
+            force: learn regardless of the gate (offline training); a non-finite frame is never learned.
+
+        Returns:
+            The :class:`FrameOutcome`.
+        """
+        return self.commit(self.assess(features), force=force)
+
+    def assess(self, features: torch.Tensor) -> FrameOutcome:
+        """Score one frame and judge it, without learning (``learned`` false, ``reason`` empty).
+
+        This ends with the frame's one host synchronisation (the image score and the finiteness flag
+        are read together). A study that decides by other rules calls this, then :meth:`commit` with
+        ``force=True`` for the frames it keeps.
+        """
+        timer = StageTimer(self.device, profile=self.profile)
+        if self.updater.optimizer is not None and features.is_inference():
+            features = features.clone()  # inference tensors cannot feed the gradient steps
+        with torch.no_grad():
+            scores = self.model.score(features)
+            timer.mark("score")
+            maps, image = self.model.maps(scores.patch)
+            finite = torch.isfinite(scores.embeddings).all() & ~torch.isnan(scores.raw).any()
+            score, ok = torch.stack([image[0], finite.to(image.dtype)]).tolist()  # the frame's host sync
+            timer.mark("map")
+        is_finite = ok > 0.5
+        if not is_finite:
+            score = math.nan
+        return FrameOutcome(
+            score=score,
+            threshold=self.updater.threshold.value,
+            anomalous=is_finite and self.updater.threshold.is_anomalous(score),
+            learned=False,
+            reason="",
+            finite=is_finite,
+            inserted=0,
+            patch=scores.patch[0],
+            raw=scores.raw[0],
+            map=maps[0],
+            scores=scores,
+            features=features,
+            timer=timer,
+        )
+
+    def commit(self, outcome: FrameOutcome, force: bool = False) -> FrameOutcome:
+        """The gated online update of an assessed frame; returns the outcome with what was learned.
+
+        Args:
+            outcome: what :meth:`assess` returned for the frame, not committed before.
+            force: learn regardless of the gate; a non-finite frame is never learned.
+        """
+        if outcome.scores is None or outcome.features is None:
+            raise InputError("commit: expected an outcome of assess() not committed yet")
+        if self.freeze:
+            observation = Observation(False, REASON_NOT_FINITE if not outcome.finite else REASON_FROZEN, 0)
+        else:
+            observation = self.updater.observe(
+                outcome.features, outcome.scores, outcome.score, force=force, finite=outcome.finite
+            )
+        if outcome.timer is not None:
+            outcome.timer.mark("update")
+        return dataclasses.replace(
+            outcome,
+            learned=observation.learned,
+            reason=observation.reason,
+            inserted=observation.inserted,
+            features=None,
+        )
+
+    @torch.no_grad()
+    def score(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Maps and image scores of a batch, without learning.
+
+        Args:
+            features: ``(B, D, h, w) float`` backbone features on the model's device.
+
+        Returns:
+            ``(B, H, W) float32`` maps and ``(B,) float32`` image scores, on the model's device.
+        """
+        return self.model.maps(self.model.score(features).patch)
+
+
+def _module_device(module: torch.nn.Module) -> torch.device:
+    for tensor in module.buffers():
+        return tensor.device
+    for tensor in module.parameters():
+        return tensor.device
+    return torch.device("cpu")
