@@ -18,14 +18,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as lemo_edge.cli does; set before torch is imported
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as lemo_edge.runtime.main does; set before torch is imported
 
 from lemo_edge.backbone import create_feature_extractor  # noqa: E402
 from lemo_edge.config import ModelConfig  # noqa: E402
 from lemo_edge.datasets import open_dataset  # noqa: E402
 from lemo_edge.evaluate import Evaluator  # noqa: E402
-from lemo_edge.evaluate_cli import jsonable  # noqa: E402
 from lemo_edge.report import markdown_table  # noqa: E402
+from lemo_edge.utils import json_safe  # noqa: E402
 
 # Median norm of a tf_efficientnet_lite0 patch feature on Magnetic Tile (measured): the paper's
 # orthogonal noise is scaled to it ("at the features' norm").
@@ -50,11 +50,28 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "paper as printed: learned memory K=10, loss sign as printed": PAPER,
     "learned memory K=10, sign fixed": {**PAPER, "loss_sign": "fixed"},
     "learned memory K=2048, sign fixed, + compactness + re-seeding": {
-        **PAPER, "loss_sign": "fixed", "memory_size": 2048, "compactness": 1.0, "reseed_after": 8},
-    "same + the paper's refresh": {**PAPER, "loss_sign": "fixed", "memory_size": 2048, "compactness": 1.0,
-                                   "reseed_after": 8, "refresh_every": 16},
-    "same without refresh, adapter frozen": {**PAPER, "loss_sign": "fixed", "memory_size": 2048, "compactness": 1.0,
-                                             "reseed_after": 8, "adapter": False},
+        **PAPER,
+        "loss_sign": "fixed",
+        "memory_size": 2048,
+        "compactness": 1.0,
+        "reseed_after": 8,
+    },
+    "same + the paper's refresh": {
+        **PAPER,
+        "loss_sign": "fixed",
+        "memory_size": 2048,
+        "compactness": 1.0,
+        "reseed_after": 8,
+        "refresh_every": 16,
+    },
+    "same without refresh, adapter frozen": {
+        **PAPER,
+        "loss_sign": "fixed",
+        "memory_size": 2048,
+        "compactness": 1.0,
+        "reseed_after": 8,
+        "adapter": False,
+    },
     "K=4096": {"memory_size": 4096},
     "nearest-item score (k=1)": {"score_k": 1},
     "no position normalisation": {"position_norm": False},
@@ -91,7 +108,7 @@ def main() -> int:
         rows.append(row)
         print(row, flush=True)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(jsonable(results), indent=2))
+        Path(args.out).write_text(json.dumps(json_safe(results), indent=2))
     table = markdown_table(
         rows, ["variant", "K", "items used", "image_auroc", "pixel_auroc", "aupro", "f1_max", "seconds"]
     )

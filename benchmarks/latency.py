@@ -1,4 +1,4 @@
-"""Latency benchmark of the whole pipeline; the same as ``lemo-edge bench`` (see lemo_edge/bench.py).
+"""Latency benchmark of the whole pipeline; the same as ``lemo-edge bench`` (see lemo_edge.runtime.bench).
 
     python benchmarks/latency.py [--quick] [--json OUT] [--out-dir benchmarks/results] [--device cpu|cuda]
                                  [--patchcore-data DIR]
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from lemo_edge.cli import main
+from lemo_edge.runtime.main import main
 
 if __name__ == "__main__":
     raise SystemExit(main(["bench", *sys.argv[1:]]))

@@ -22,7 +22,7 @@ import json
 import os
 import time
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as lemo_edge.cli does; set before torch is imported
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as lemo_edge.runtime.main does; set before torch is imported
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -33,8 +33,8 @@ from lemo_edge import metrics  # noqa: E402
 from lemo_edge.config import ModelConfig  # noqa: E402
 from lemo_edge.datasets import open_dataset  # noqa: E402
 from lemo_edge.evaluate import encode  # noqa: E402
-from lemo_edge.evaluate_cli import make_extractor  # noqa: E402
 from lemo_edge.model import PositionNorm  # noqa: E402
+from lemo_edge.runtime.eval_cli import make_extractor  # noqa: E402
 from lemo_edge.scoring import squared_distances  # noqa: E402
 
 ALPHAS = (0.0, 0.1, 0.2, 0.3, 0.5)

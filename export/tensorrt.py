@@ -25,11 +25,11 @@ from typing import Any, NamedTuple
 
 import torch
 
-from lemo_edge.errors import BackendUnavailableError, InputError, MissingDependencyError
+from lemo_edge.errors import BackendUnavailableError, InputError, LemoError, MissingDependencyError
 from lemo_edge.export.cache import cache_subdir, package_version
 from lemo_edge.export.errors import EngineCacheError, ExportError
 from lemo_edge.export.onnx import INPUT_NAME, OUTPUT_NAME, read_model_info
-from lemo_edge.state import write_atomic
+from lemo_edge.utils import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -258,10 +258,12 @@ def _read_rgb(path: Path, size: tuple[int, int]) -> torch.Tensor:
     """``(3, H, W) uint8`` RGB of one calibration image, resized (area) to the engine's input size."""
     import cv2
 
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise InputError(f"calibration: cannot decode image {str(path)!r}")
-    image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    from lemo_edge.images import read_image
+
+    try:
+        image = read_image(path)  # the one image policy of eval and run (16-bit, grayscale, alpha)
+    except LemoError as err:
+        raise InputError(f"calibration: {err}") from err
     h, w = size
     if image.shape[:2] != (h, w):
         image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from lemo_edge.errors import InputError
 
 METHODS = ("coreset", "lemo")
+LOSS_SIGNS = ("fixed", "paper")
 
 
 @dataclass(frozen=True)
@@ -87,23 +91,21 @@ class ModelConfig:
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise InputError(f"method: expected one of {list(METHODS)}, got {self.method!r}")
-        if self.size <= 0 or self.size % 32:
-            raise InputError(f"size: expected a positive multiple of 32, got {self.size}")
-        if not 1 <= self.memory_size <= 65536:
-            raise InputError(f"memory_size: expected 1..65536, got {self.memory_size}")
-        if not 0.0 < self.merge_slack < 1.0:
-            raise InputError(f"merge_slack: expected a fraction in (0, 1), got {self.merge_slack}")
-        if self.ivf_lists < 0 or (self.ivf_lists and not 1 <= self.ivf_probe <= self.ivf_lists):
+        """Check every field's type and range (:data:`FIELD_RULES`); numbers are normalised to ``int``/``float``.
+
+        Raises:
+            InputError: the first bad field, naming it, its range and the value, e.g.
+                ``position_window: expected an integer >= 1, got 0``.
+        """
+        for name, rule in FIELD_RULES.items():
+            object.__setattr__(self, name, rule.check(name, getattr(self, name)))
+        if self.ivf_probe < 1 or (self.ivf_lists and self.ivf_probe > self.ivf_lists):
             raise InputError(
                 "ivf: expected ivf_lists >= 0 and 1 <= ivf_probe <= ivf_lists, "
-                f"got {self.ivf_lists} and {self.ivf_probe}"
+                f"got ivf_lists={self.ivf_lists} and ivf_probe={self.ivf_probe}"
             )
-        if self.score_k < 1:
-            raise InputError(f"score_k: expected >= 1, got {self.score_k}")
-        if self.loss_sign not in ("fixed", "paper"):
-            raise InputError(f"loss_sign: expected 'fixed' or 'paper', got {self.loss_sign!r}")
+        if not isinstance(self.extra, dict) or not all(isinstance(k, str) for k in self.extra):
+            raise InputError(f"extra: expected a dict with string keys, got {self.extra!r}")
 
     def replace(self, **changes: Any) -> ModelConfig:
         """Return a copy with ``changes`` applied (validated); unknown names raise InputError."""
@@ -136,3 +138,89 @@ def parse_json_object(text: str, what: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InputError(f"{what}: expected a JSON object, got {type(data).__name__}")
     return data
+
+
+@dataclass(frozen=True)
+class FieldRule:
+    """The type and range of one config field.
+
+    Attributes:
+        kind: ``bool``, ``str``, ``int`` (bools refused) or ``float`` (ints accepted, bools refused, finite only).
+        expected: the range as the error message states it, e.g. ``"an integer >= 1"``.
+        ok: whether a value of the right type is in range.
+        optional: ``None`` is allowed too.
+    """
+
+    kind: type
+    expected: str
+    ok: Callable[[Any], bool] = lambda value: True
+    optional: bool = False
+
+    def check(self, name: str, value: Any) -> Any:
+        """Return ``value`` (an ``int``/``float`` for number fields) or raise InputError naming ``name``."""
+        if value is None and self.optional:
+            return None
+        if self.kind is bool:
+            right_type = isinstance(value, bool)
+        elif self.kind is int:
+            right_type = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        elif self.kind is float:
+            right_type = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        else:
+            right_type = isinstance(value, self.kind)
+        if not right_type:
+            raise InputError(f"{name}: expected {self.expected}, got {value!r} ({type(value).__name__})")
+        normalised = self.kind(value) if self.kind in (int, float) else value
+        if (self.kind is float and not math.isfinite(normalised)) or not self.ok(normalised):
+            raise InputError(f"{name}: expected {self.expected}, got {value!r}")
+        return normalised
+
+
+def _int(low: int, high: int | None = None) -> FieldRule:
+    if high is None:
+        return FieldRule(int, f"an integer >= {low}", lambda v: v >= low)
+    return FieldRule(int, f"an integer in [{low}, {high}]", lambda v: low <= v <= high)
+
+
+def _float(low: float, *, above: bool = False, optional: bool = False) -> FieldRule:
+    text = f"a finite number {'>' if above else '>='} {low:g}"
+    return FieldRule(
+        float,
+        f"null or {text}" if optional else text,
+        (lambda v: v > low) if above else (lambda v: v >= low),
+        optional,
+    )
+
+
+FIELD_RULES: dict[str, FieldRule] = {
+    "backbone": FieldRule(str, "a non-empty timm model name", lambda v: bool(v.strip())),
+    "size": FieldRule(int, "a positive multiple of 32", lambda v: v > 0 and v % 32 == 0),
+    "method": FieldRule(str, f"one of {list(METHODS)}", lambda v: v in METHODS),
+    "memory_size": FieldRule(int, "1..65536", lambda v: 1 <= v <= 65536),
+    "embed_dim": _int(0),
+    "score_k": _int(1),
+    "sigma": _float(0.0),
+    "position_norm": FieldRule(bool, "a bool"),
+    "position_window": _int(1),
+    "insert_per_image": _int(1),
+    "merge_slack": FieldRule(float, "a fraction in (0, 1)", lambda v: 0.0 < v < 1.0),
+    "ivf_lists": _int(0),
+    "ivf_probe": FieldRule(int, "an integer >= 1"),  # its range (1..ivf_lists) is checked with ivf_lists
+    "adapter": FieldRule(bool, "a bool"),
+    "steps_per_image": _int(1),
+    "lr_memory": _float(0.0),
+    "lr_adapter": _float(0.0),
+    "tau": _float(0.0, above=True),
+    "q": _int(1),
+    "margin": _float(0.0, above=True, optional=True),
+    "loss_sign": FieldRule(str, f"one of {list(LOSS_SIGNS)}", lambda v: v in LOSS_SIGNS),
+    "compactness": _float(0.0),
+    "reseed_after": _int(0),
+    "refresh_every": _int(0),
+    "refresh_min_patches": _int(0),
+    "gate": FieldRule(bool, "a bool"),
+    "warmup": _int(0),
+    "threshold_k": _float(0.0),
+    "seed": _int(0, 2**63 - 1),
+}
+"""Type and range of every ModelConfig field but ``extra`` (checked in ``__post_init__``, in this order)."""

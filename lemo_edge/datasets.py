@@ -2,180 +2,41 @@
 
 Every reader returns :class:`DatasetSplits` whose items load lazily into :class:`Sample`s:
 ``image (H, W, 3) uint8 RGB``, ``mask (H, W) uint8 {0, 1}`` or ``None``, ``label`` 0/1.
-Grayscale, 16-bit and RGBA files are converted explicitly; an unreadable file raises
-:class:`DatasetError` naming it.
+Image files are read by :func:`lemo_edge.images.read_image` (its policy: 16-bit scaled by 1/257, grayscale
+replicated, alpha dropped, anything else refused); an unreadable file raises :class:`DatasetError` naming it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from lemo_edge.errors import DatasetError, InputError, describe
+from lemo_edge.images import IMAGE_SUFFIXES
+from lemo_edge.samples import DatasetSplits, Item, Sample
+from lemo_edge.synthetic import synthetic_dataset
+
+__all__ = [
+    "ACCEPTED",
+    "DatasetSplits",
+    "Item",
+    "Sample",
+    "open_dataset",
+    "open_manifest",
+    "open_mvtec",
+    "resize_sample",
+]
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-MASK_THRESHOLD = 128  # mask pixels >= this (8-bit grayscale) are defects
 ACCEPTED = (
     "synthetic://..., a manifest .json, a folder with split.json, or an MVTec AD category folder "
     "(train/good, test/<kind>, ground_truth/<kind>/<stem>_mask.png)"
 )
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One image with its ground truth.
-
-    Attributes:
-        image: ``(H, W, 3) uint8`` RGB.
-        mask: ``(H, W) uint8`` in {0, 1}, or ``None`` when unknown.
-        label: 0 normal, 1 defect.
-        name: a readable identifier (file name or synthetic index).
-    """
-
-    image: np.ndarray
-    mask: np.ndarray | None
-    label: int
-    name: str
-
-
-@dataclass(frozen=True)
-class Item:
-    """A lazily loaded sample: an image file (and its mask file), or a generator call.
-
-    Attributes:
-        name: the sample's name, unique within its dataset.
-        label: 0 normal, 1 defect.
-        path: image file (None when ``make`` generates the sample).
-        mask_path: mask of a defect image; None or a missing file means an all-zero mask.
-        make: a picklable callable returning the Sample (synthetic items), or None.
-    """
-
-    name: str
-    label: int
-    path: Path | None = None
-    mask_path: Path | None = None
-    make: Callable[[], Sample] | None = field(default=None, compare=False)
-
-    def load(self) -> Sample:
-        """Read the image (and mask) from disk, or generate it.
-
-        Returns:
-            A Sample: image ``(H, W, 3) uint8`` RGB; mask ``(H, W) uint8`` {0, 1}, all zeros for a
-            normal image (label 0).
-
-        Raises:
-            DatasetError: a file is missing or unreadable, a mask's size is not its image's, or the
-                item has neither a path nor a generator.
-        """
-        if self.make is not None:
-            return self.make()
-        if self.path is None:
-            raise DatasetError(f"item {self.name!r}: expected an image path or a generator, got neither")
-        image = read_image(self.path)
-        mask = None
-        if self.label == 1:
-            mask = read_mask(self.mask_path, image.shape[:2])
-        elif self.label == 0:
-            mask = np.zeros(image.shape[:2], np.uint8)
-        return Sample(image, mask, self.label, self.name)
-
-
-@dataclass
-class DatasetSplits:
-    """The three splits every protocol uses; entries have ``.name``, ``.label`` and ``.load() -> Sample``.
-
-    Attributes:
-        name: dataset name (category folder, the manifest's ``"dataset"`` or ``synthetic(seed=S)``).
-        train_good: normal images a model may learn from, in a fixed order.
-        test_good: held-out normal images.
-        test_defect: held-out defective images.
-    """
-
-    name: str
-    train_good: list[Item]
-    test_good: list[Item]
-    test_defect: list[Item]
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    """Read an image file as ``(H, W, 3) uint8`` RGB.
-
-    Grayscale is replicated to three channels (``cv2.COLOR_GRAY2RGB``); 16-bit is mapped linearly from
-    [0, 65535] to [0, 255] (value / 257, rounded); alpha is dropped (``cv2.COLOR_BGRA2RGB``). Files are
-    decoded from their bytes, so non-ASCII paths work.
-
-    Args:
-        path: image file (png, jpg, bmp, tiff, ...).
-
-    Returns:
-        ``(H, W, 3) uint8`` RGB.
-
-    Raises:
-        DatasetError: the file is missing or cannot be decoded, or has another depth or channel count.
-    """
-    path = Path(path)
-    data = np.fromfile(str(path), dtype=np.uint8) if path.is_file() else None
-    if data is None:
-        raise DatasetError(f"image: expected a readable file, got {str(path)!r} (not found)")
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if image is None:
-        raise DatasetError(f"image: expected a decodable image, got {str(path)!r} ({data.size} bytes, corrupt?)")
-    if image.dtype == np.uint16:
-        image = (image / 257.0).round().astype(np.uint8)
-    elif image.dtype != np.uint8:
-        raise DatasetError(f"image: expected 8- or 16-bit pixels, got {image.dtype} in {str(path)!r}")
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[:, :, 0]
-    if image.ndim == 2:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-    if image.shape[2] == 4:
-        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
-    if image.shape[2] == 3:
-        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    raise DatasetError(f"image: expected 1, 3 or 4 channels, got {image.shape[2]} in {str(path)!r}")
-
-
-def read_mask(path: str | Path | None, shape: tuple[int, int]) -> np.ndarray:
-    """Read a defect mask: pixels ``>= 128`` (as 8-bit grayscale) are defects.
-
-    Args:
-        path: mask file; None, a missing file or an empty (0-byte) file give an all-zero mask.
-        shape: ``(H, W)`` of the mask's image.
-
-    Returns:
-        ``(H, W) uint8`` in {0, 1}.
-
-    Raises:
-        DatasetError: the file cannot be decoded, or its size is not ``shape`` (never resized).
-    """
-    shape = (int(shape[0]), int(shape[1]))
-    if path is None:
-        return np.zeros(shape, np.uint8)
-    path = Path(path)
-    if not path.is_file() or path.stat().st_size == 0:
-        return np.zeros(shape, np.uint8)
-    mask = cv2.imdecode(np.fromfile(str(path), dtype=np.uint8), cv2.IMREAD_GRAYSCALE)
-    if mask is None:
-        raise DatasetError(f"mask: expected a decodable image, got {str(path)!r} (corrupt?)")
-    if mask.shape != shape:
-        raise DatasetError(f"mask: expected the size of its image {shape}, got {mask.shape} in {str(path)!r}")
-    binary = (mask >= MASK_THRESHOLD).astype(np.uint8)
-    if mask.any() and not binary.any():
-        logger.warning(
-            "mask %s: no pixel >= %d (max %d); stored as {0, 1}? read as no defect",
-            path,
-            MASK_THRESHOLD,
-            int(mask.max()),
-        )
-    return binary
 
 
 def resize_sample(sample: Sample, size: tuple[int, int]) -> Sample:
@@ -296,8 +157,6 @@ def open_dataset(uri: str | Path, seed: int = 0) -> DatasetSplits:
     """
     text = str(uri)
     if text.startswith("synthetic:"):
-        from lemo_edge.synthetic import synthetic_dataset
-
         return synthetic_dataset(text, seed=seed)
     if text.startswith("file://"):
         text = text[len("file://") :]

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,7 @@ from lemo_edge.errors import StateError
 from lemo_edge.model import LemoModel
 from lemo_edge.threshold import OnlineThreshold
 from lemo_edge.updater import OnlineUpdater, UpdateStats
+from lemo_edge.utils import write_atomic
 
 FORMAT_VERSION = 1
 STATE_FILE = "state.safetensors"
@@ -34,33 +33,6 @@ STATE_FILE = "state.safetensors"
 
 def _spec_dict(spec: FeatureSpec) -> dict[str, Any]:
     return {"name": spec.name, "dim": spec.dim, "stride": spec.stride}
-
-
-def write_atomic(path: Path, data: bytes, fsync: bool = True) -> None:
-    """Write ``data`` to ``path`` atomically: temporary file in the same folder, fsync, rename, fsync the folder.
-
-    ``fsync=False`` keeps the rename (readers never see a partial file) but not the durability (for
-    tests on slow disks).
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    if not fsync:
-        return
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def save_state(directory: str | Path, updater: OnlineUpdater) -> Path:

@@ -25,8 +25,8 @@ from urllib.parse import parse_qsl, urlsplit
 import cv2
 import numpy as np
 
-from lemo_edge.datasets import DatasetSplits, Item, Sample
 from lemo_edge.errors import InputError
+from lemo_edge.samples import DatasetSplits, Item, Sample
 
 DEFAULTS: dict[str, float] = {
     "seed": 0,

@@ -25,18 +25,12 @@ import torch
 
 from lemo_edge.config import ModelConfig, parse_json_object
 from lemo_edge.errors import BackendUnavailableError, InputError, MissingDependencyError
+from lemo_edge.scoring import Scorer
 
-from .loop import (
-    Backend,
-    InspectionLoop,
-    LoopOptions,
-    ScorerFn,
-    StateStore,
-    StatusLine,
-    StopFlag,
-    move_updater,
-    stop_on_signals,
-)
+from .loop import Backend, InspectionLoop, LoopOptions
+from .state_store import StateStore, move_updater
+from .status import StatusLine
+from .stopping import StopFlag, stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +80,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--frames", type=_positive_int, default=None, metavar="N", help="stop after N frames")
     p.add_argument("--headless", action="store_true", help="never open a window (display:// sinks are skipped)")
     p.add_argument("--save-every", type=_positive_int, default=50, metavar="N", help="save every N updates (50)")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="synchronise the device after every stage: exact per-stage latencies, lower throughput",
+    )
     p.add_argument(
         "--status-every",
         type=_non_negative_int,
@@ -227,7 +226,7 @@ def resolve_backend(name: str, config: ModelConfig, device: torch.device) -> tup
     raise BackendUnavailableError(f"backend auto: no backend can run here: {'; '.join(why_not)}")
 
 
-def resolve_scorer(preference: str, config: ModelConfig, device: torch.device) -> tuple[ScorerFn | None, str]:
+def resolve_scorer(preference: str, config: ModelConfig, device: torch.device) -> tuple[Scorer | None, str]:
     """Pick the nearest-memory scorer; ``None`` means the model's own torch reference.
 
     Raises:
@@ -268,7 +267,9 @@ def run(args: argparse.Namespace) -> int:
 
     from .sources import open_source
 
-    options = LoopOptions(max_frames=args.frames, freeze=args.freeze, save_every=args.save_every)
+    options = LoopOptions(
+        max_frames=args.frames, freeze=args.freeze, save_every=args.save_every, profile=getattr(args, "profile", False)
+    )
     requested, explicit = parse_config(args.config, args.warmup)
     device = resolve_device(args.device)
     previous_threads = torch.get_num_threads()

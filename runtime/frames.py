@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+
+STAGES: tuple[str, ...] = ("preprocess", "backbone", "score", "map", "update", "sinks", "total")
+"""Keys of :attr:`FrameResult.latency_ms` written by the inspection loop (milliseconds)."""
 
 
 @dataclass(eq=False)
@@ -38,8 +42,13 @@ class FrameResult:
         anomaly_map: ``(H, W) float32`` per-pixel anomaly scores at the frame's size, or None when not computed.
         is_anomaly: decision, ``score > threshold``.
         threshold: decision threshold in use for this frame.
-        updated: whether the frame was used for the online memory update.
+        updated: whether the model learned from the frame (online update).
         latency_ms: per-stage latency in milliseconds, e.g. ``{"backbone": 3.1, "total": 5.0}``.
+        reason: why the frame was learned from or not (``warm-up``, ``below threshold``, ``above threshold``,
+            ``frozen``, ``not finite``, ``gate off``), or ``""`` when unknown.
+        finite: whether the score and map were finite.
+        failing_sinks: sinks failing when the result was handed on, ``[{"sink", "error", "since", "failures"}]``
+            (``since``: Unix time of the streak's first failure); empty when all is well.
     """
 
     score: float
@@ -48,3 +57,11 @@ class FrameResult:
     threshold: float
     updated: bool
     latency_ms: dict[str, float] = field(default_factory=dict)
+    reason: str = ""
+    finite: bool = True
+    failing_sinks: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def learned(self) -> bool:
+        """Alias of :attr:`updated`."""
+        return self.updated

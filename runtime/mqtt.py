@@ -8,13 +8,14 @@ URI (the topic is the URI's path; parameters in the query)::
 What is published, all QoS 1 (at least once):
 
 - on ``TOPIC``, one JSON message per anomalous frame: the fields of the events file
-  (:func:`~lemo_edge.runtime.sinks.event_record`; ``latency_ms`` covers the stages up to this sink) plus
+  (:func:`~lemo_edge.runtime.events.event_record`; ``latency_ms`` covers the stages up to this sink) plus
   ``client_id`` and ``seq``, a number that increases with every message of a queue (consumers may de-duplicate on
   ``(client_id, seq)``: a message whose acknowledgement was lost is sent again);
 - on ``TOPIC/heartbeat`` (``heartbeat_topic=``), every ``heartbeat`` seconds while connected: frames, anomalies, the
   last frame's time and index, recent fps, and the queue's length and drop count. Heartbeats are not queued.
 
-Nothing is lost while the broker is away: :meth:`MqttSink.write` writes the message to a :class:`DiskQueue` (a folder
+Nothing is lost while the broker is away: :meth:`MqttSink.write` writes the message to a
+:class:`~lemo_edge.runtime.mqtt_queue.DiskQueue` (a folder
 of one JSON file per message, written atomically and fsynced) and returns; a worker thread hands queued messages to
 the MQTT client while it is connected and deletes each file only when its PUBACK arrives. Messages left when a run
 ends (broker down) are sent by the next run using the same queue folder. The queue is bounded by ``queue_max``
@@ -39,7 +40,6 @@ over the file. A CA or client certificate turns TLS on.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import math
@@ -50,19 +50,18 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import SplitResult, parse_qsl, urlsplit
 
 from lemo_edge.config import parse_json_object
 from lemo_edge.errors import InputError, MissingDependencyError
-from lemo_edge.state import write_atomic
 
+from .events import event_record, iso_time
 from .frames import Frame, FrameResult
-from .sinks import event_record
+from .mqtt_queue import DiskQueue
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +90,6 @@ _PARAMS: tuple[str, ...] = (
     "tls",
     "config",
 )
-_LOCK_FILE = ".lock"
-_SUFFIX = ".json"
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -175,7 +172,7 @@ def default_client_id() -> str:
 
 def default_queue_dir(client_id: str, host: str, port: int, topic: str) -> Path:
     """``<cache>/mqtt/<client_id>-<host>-<port>-<topic>`` (cache: ``$LEMO_EDGE_CACHE`` or ``~/.cache/lemo-edge``)."""
-    from lemo_edge.export.cache import default_cache_dir
+    from lemo_edge.utils import default_cache_dir
 
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{client_id}-{host}-{port}-{topic}").strip("_")
     return default_cache_dir() / "mqtt" / name[:200]
@@ -332,152 +329,7 @@ def parse_mqtt_uri(
     )
 
 
-# -- the on-disk queue ------------------------------------------------------------------------------------------------
-
-
-class DiskQueue:
-    """A bounded FIFO of messages on disk, one file per message, named by a strictly increasing sequence number.
-
-    :meth:`put` returns once the file is written atomically (temporary file, fsync, rename), so the message survives
-    a crash or a power cut from then on. :meth:`take` hands out the oldest messages not handed out yet; :meth:`ack`
-    deletes one for good; :meth:`release` puts handed-out messages back at the front. Messages found in the folder
-    at start (left by an earlier run) come first. A lock (``fcntl.flock`` on ``DIR/.lock``) keeps a second process
-    out of the folder. Thread-safe.
-
-    Args:
-        directory: the folder (created if missing).
-        max_messages: at most this many messages are kept; :meth:`put` on a full queue drops the oldest.
-        fsync: fsync every message file and the folder (off only for tests on slow disks).
-
-    Raises:
-        InputError: ``max_messages < 1``, or the folder cannot be created or is used by another process.
-    """
-
-    def __init__(self, directory: str | Path, max_messages: int = 10_000, *, fsync: bool = True) -> None:
-        if max_messages < 1:
-            raise InputError(f"queue_max: expected >= 1, got {max_messages}")
-        self.directory = Path(directory).expanduser()
-        self.max_messages = int(max_messages)
-        self.fsync = fsync
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            self._lock_fd: int | None = os.open(self.directory / _LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as err:
-            raise InputError(f"mqtt queue: expected a writable folder, got {str(self.directory)!r} ({err})") from err
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(self._lock_fd)
-            self._lock_fd = None
-            raise InputError(
-                f"mqtt queue: {self.directory} is in use by another process; expected one sink per queue folder "
-                "(give each its own queue=DIR)"
-            ) from None
-        for stale in self.directory.glob(".*.tmp"):
-            stale.unlink(missing_ok=True)
-        seqs = sorted(int(p.stem) for p in self.directory.glob(f"*{_SUFFIX}") if p.stem.isdigit())
-        self._lock = threading.Lock()
-        self._pending: deque[int] = deque(seqs)
-        self._taken: set[int] = set()
-        self._last = seqs[-1] if seqs else 0
-        self.dropped = 0
-        if seqs:
-            log.info("mqtt queue %s: %d messages left by an earlier run will be sent first", self.directory, len(seqs))
-        with self._lock:
-            while len(self._pending) > self.max_messages:
-                self._drop_oldest()
-
-    def _path(self, seq: int) -> Path:
-        return self.directory / f"{seq:020d}{_SUFFIX}"
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._pending) + len(self._taken)
-
-    @property
-    def pending(self) -> int:
-        """Messages not handed out yet."""
-        with self._lock:
-            return len(self._pending)
-
-    def _drop_oldest(self) -> None:
-        if self._pending:
-            seq = self._pending.popleft()
-        else:
-            seq = min(self._taken)
-            self._taken.discard(seq)
-        self._path(seq).unlink(missing_ok=True)
-        self.dropped += 1
-        if self.dropped == 1 or self.dropped % 1000 == 0:
-            log.warning(
-                "mqtt queue %s is full (%d messages): dropped the oldest (%d dropped so far)",
-                self.directory,
-                self.max_messages,
-                self.dropped,
-            )
-
-    def put(self, payload: bytes | Callable[[int], bytes]) -> int:
-        """Write one message; returns its sequence number. A full queue drops its oldest message first.
-
-        Args:
-            payload: the message, or a function of its sequence number returning it (to stamp the number inside).
-        """
-        with self._lock:
-            if self._lock_fd is None:
-                raise InputError(f"mqtt queue {self.directory}: expected an open queue, got a closed one")
-            seq = max(time.time_ns(), self._last + 1)
-            self._last = seq
-            while len(self._pending) + len(self._taken) >= self.max_messages:
-                self._drop_oldest()
-            data = payload(seq) if callable(payload) else payload
-            path = self._path(seq)
-            write_atomic(path, data, fsync=self.fsync)
-            self._pending.append(seq)
-            return seq
-
-    def take(self, limit: int) -> list[tuple[int, bytes]]:
-        """Hand out up to ``limit`` of the oldest messages not handed out yet: ``[(seq, payload)]``."""
-        out: list[tuple[int, bytes]] = []
-        with self._lock:
-            while self._pending and len(out) < limit:
-                seq = self._pending.popleft()
-                try:
-                    out.append((seq, self._path(seq).read_bytes()))
-                except OSError as err:
-                    log.warning("mqtt queue %s: message %d unreadable (%s); dropped", self.directory, seq, err)
-                    self.dropped += 1
-                    continue
-                self._taken.add(seq)
-        return out
-
-    def release(self, seqs: list[int]) -> None:
-        """Put handed-out messages back at the front, oldest first (e.g. the client refused them)."""
-        with self._lock:
-            for seq in sorted(seqs, reverse=True):
-                if seq in self._taken:
-                    self._taken.discard(seq)
-                    self._pending.appendleft(seq)
-
-    def ack(self, seq: int) -> None:
-        """Delete a delivered message."""
-        with self._lock:
-            self._taken.discard(seq)
-            self._path(seq).unlink(missing_ok=True)
-
-    def close(self) -> None:
-        """Release the folder's lock (the files stay); idempotent."""
-        with self._lock:
-            if self._lock_fd is not None:
-                fd, self._lock_fd = self._lock_fd, None
-                fcntl.flock(fd, fcntl.LOCK_UN)
-                os.close(fd)
-
-
 # -- the sink ---------------------------------------------------------------------------------------------------------
-
-
-def _iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, tz=timezone.utc).isoformat(timespec="milliseconds")
 
 
 class MqttSink:
@@ -719,11 +571,11 @@ class MqttSink:
         message = {
             "type": "heartbeat",
             "client_id": self.settings.client_id,
-            "time": _iso(time.time()),
+            "time": iso_time(time.time()),
             "uptime_s": round(time.monotonic() - self._started, 3),
             "frames": frames,
             "anomalies": anomalies,
-            "last_frame": None if last is None else {"time": _iso(last[0]), "frame": last[1]},
+            "last_frame": None if last is None else {"time": iso_time(last[0]), "frame": last[1]},
             "fps": None if fps is None else round(fps, 3),
             "queued": len(self.queue),
             "dropped": self.queue.dropped,

@@ -1,4 +1,5 @@
-"""Result sinks addressed by URIs, in the manner of jetson-inference's ``videoOutput``.
+"""Result sinks addressed by URIs, in the manner of jetson-inference's ``videoOutput``, and the guard that keeps a
+failing sink from ending a run (:class:`SinkGuard`).
 
 Accepted outputs (see :func:`open_sinks`):
 
@@ -21,19 +22,33 @@ import math
 import os
 import re
 import sys
+import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import cv2
 import numpy as np
 
 from lemo_edge.errors import BackendUnavailableError, InputError, describe
 
+from .events import Sink, event_record
 from .frames import Frame, FrameResult
 
 log = logging.getLogger(__name__)
+
+__all__ = [
+    "DisplaySink",
+    "EventsSink",
+    "OverlayFolderSink",
+    "Sink",
+    "SinkGuard",
+    "VideoSink",
+    "event_record",
+    "open_sinks",
+    "render_overlay",
+    "sink_names",
+]
 
 VIDEO_FOURCC: dict[str, str] = {".mp4": "mp4v", ".avi": "MJPG"}
 ACCEPTED_SINKS = (
@@ -46,24 +61,6 @@ _HEAT_ALPHA = 0.45
 _CONTOUR_RGB = (255, 255, 255)
 _TEXT_ANOMALY_RGB = (255, 48, 48)
 _TEXT_NORMAL_RGB = (48, 255, 48)
-
-
-@runtime_checkable
-class Sink(Protocol):
-    """Consumer of per-frame results."""
-
-    def write(self, frame: Frame, result: FrameResult) -> None:
-        """Record one frame and its result.
-
-        Args:
-            frame: the frame, ``image (H, W, 3) uint8`` RGB.
-            result: its result, ``anomaly_map (H, W) float32`` or None.
-        """
-        ...
-
-    def close(self) -> None:
-        """Flush and release; idempotent."""
-        ...
 
 
 def render_overlay(image: np.ndarray, anomaly_map: np.ndarray | None, threshold: float, score: float) -> np.ndarray:
@@ -113,39 +110,6 @@ def render_overlay(image: np.ndarray, anomaly_map: np.ndarray | None, threshold:
     colour = _TEXT_ANOMALY_RGB if anomalous else _TEXT_NORMAL_RGB
     cv2.putText(out, text, origin, cv2.FONT_HERSHEY_SIMPLEX, font_scale, colour, 1, cv2.LINE_AA)
     return out
-
-
-def _json_number(value: float) -> float | None:
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def event_record(frame: Frame, result: FrameResult) -> dict[str, Any]:
-    """The JSON-serialisable event of one frame.
-
-    Args:
-        frame: the frame (its ``timestamp``, ``index``, ``label`` and ``name`` are used).
-        result: its result.
-
-    Returns:
-        ``{"time": ISO 8601 UTC of the capture, "frame": index, "score", "decision": "anomaly" | "normal",
-        "threshold", "updated", "latency_ms": {stage: ms}}``, plus ``"label"`` when the frame has one and ``"name"``
-        when it has one. Non-finite numbers become None (JSON ``null``).
-    """
-    record: dict[str, Any] = {
-        "time": datetime.fromtimestamp(frame.timestamp, tz=timezone.utc).isoformat(timespec="milliseconds"),
-        "frame": int(frame.index),
-        "score": _json_number(result.score),
-        "decision": "anomaly" if result.is_anomaly else "normal",
-        "threshold": _json_number(result.threshold),
-        "updated": bool(result.updated),
-        "latency_ms": {str(k): _json_number(v) for k, v in result.latency_ms.items()},
-    }
-    if frame.label is not None:
-        record["label"] = int(frame.label)
-    if frame.name:
-        record["name"] = frame.name
-    return record
 
 
 def _bgr(image: np.ndarray) -> np.ndarray:
@@ -323,6 +287,150 @@ class DisplaySink:
 
     def __repr__(self) -> str:
         return f"DisplaySink({self.window!r})"
+
+
+# -- failing sinks ----------------------------------------------------------------------------------------------------
+
+
+class SinkGuard:
+    """A sink that never ends the run: a failed write is logged once, counted and retried with exponential backoff.
+
+    After the ``n``-th failure in a row the sink is left out for ``min(backoff_max_s, backoff_min_s * 2 ** (n - 1))``
+    seconds of ``clock`` (frames in between are not written to it, only counted), then tried again; the first write
+    that succeeds ends the streak. ``KeyboardInterrupt`` and other non-``Exception`` errors still propagate.
+
+    Args:
+        sink: the sink to guard.
+        name: its name in logs, the summary and ``failing_sinks``.
+        clock: monotonic seconds for the backoff (the loop's clock).
+        wall: Unix time for :attr:`since` (``time.time``).
+        backoff_min_s: delay after the first failure of a streak (> 0).
+        backoff_max_s: largest delay (>= ``backoff_min_s``).
+
+    Raises:
+        InputError: a non-positive ``backoff_min_s`` or ``backoff_max_s < backoff_min_s``.
+
+    Attributes:
+        failures: failed writes in the run (all streaks).
+        streak: failed writes since the last success (0: healthy).
+        skipped: frames not written because the sink was waiting out its backoff.
+        error: ``"Type: message"`` of the last failure, or ``""``.
+        since: Unix time of the streak's first failure, or None when healthy.
+    """
+
+    def __init__(
+        self,
+        sink: Sink,
+        name: str,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        backoff_min_s: float = 1.0,
+        backoff_max_s: float = 60.0,
+    ) -> None:
+        if not backoff_min_s > 0 or not backoff_max_s >= backoff_min_s:
+            raise InputError(
+                f"sink backoff: expected 0 < backoff_min_s <= backoff_max_s, got {backoff_min_s!r}, {backoff_max_s!r}"
+            )
+        self.sink = sink
+        self.name = name
+        self._clock = clock
+        self._wall = wall
+        self.backoff_min_s = float(backoff_min_s)
+        self.backoff_max_s = float(backoff_max_s)
+        self.failures = 0
+        self.streak = 0
+        self.skipped = 0
+        self.error = ""
+        self.since: float | None = None
+        self._retry_at = -math.inf
+        self._missed = 0
+        self._logged = False
+
+    @property
+    def failing(self) -> bool:
+        """Whether the last write attempt failed."""
+        return self.streak > 0
+
+    @property
+    def quit_requested(self) -> bool:
+        """The guarded sink's ``quit_requested`` (a display's ``q``), False without one."""
+        return bool(getattr(self.sink, "quit_requested", False))
+
+    def write(self, frame: Frame, result: FrameResult) -> bool:
+        """Write to the sink unless it is waiting out a backoff; returns whether the frame was written."""
+        if self.streak and self._clock() < self._retry_at:
+            self.skipped += 1
+            self._missed += 1
+            return False
+        try:
+            self.sink.write(frame, result)
+        except Exception as err:  # noqa: BLE001 - a sink's failure (full disk, lost mount, ...) never ends the run
+            self._failed(err)
+            return False
+        if self.streak:
+            log.info(
+                "sink %s recovered after %d failures (%d frames not written to it)",
+                self.name,
+                self.streak,
+                self._missed,
+            )
+            self.streak, self.error, self.since, self._missed = 0, "", None, 0
+        return True
+
+    def _failed(self, err: Exception) -> None:
+        self.failures += 1
+        self._missed += 1
+        self.streak += 1
+        if self.since is None:
+            self.since = self._wall()
+        self.error = f"{type(err).__name__}: {err}"
+        delay = min(self.backoff_max_s, self.backoff_min_s * 2.0 ** min(self.streak - 1, 64))
+        self._retry_at = self._clock() + delay
+        if not self._logged:
+            self._logged = True
+            log.warning(
+                "sink %s failed (%s); retrying after %g s, the delay doubling up to %g s; the run goes on and "
+                "further failures of this sink are only counted",
+                self.name,
+                self.error,
+                delay,
+                self.backoff_max_s,
+                exc_info=log.isEnabledFor(logging.DEBUG),
+            )
+        else:
+            log.debug("sink %s failed again (%d in a row): %s", self.name, self.streak, self.error)
+
+    def status(self) -> dict[str, Any] | None:
+        """``{"sink", "error", "since", "failures"}`` while failing (``failures``: of this streak), else None."""
+        if not self.streak:
+            return None
+        return {"sink": self.name, "error": self.error, "since": self.since, "failures": self.streak}
+
+    def close(self) -> None:
+        """Close the guarded sink."""
+        self.sink.close()
+
+    def __repr__(self) -> str:
+        return f"SinkGuard({self.name!r})"
+
+
+def sink_names(sinks: list[Any]) -> list[str]:
+    """A distinct name per sink: its ``name`` attribute, its ``repr`` when it has its own, else its class name.
+
+    Repeated names get ``#2``, ``#3``, ... appended.
+    """
+    names: list[str] = []
+    for sink in sinks:
+        name = getattr(sink, "name", None)
+        if not isinstance(name, str) or not name:
+            name = repr(sink) if type(sink).__repr__ is not object.__repr__ else type(sink).__name__
+        base, n = name, 1
+        while name in names:
+            n += 1
+            name = f"{base}#{n}"
+        names.append(name)
+    return names
 
 
 def _open_sink(uri: str, headless: bool, mqtt_config: str | Path | None = None) -> Sink | None:

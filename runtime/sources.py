@@ -6,7 +6,9 @@ Accepted URIs (see :func:`open_source`); "live" sources are cameras and streams:
 - ``csi://0?width=1280&height=720&fps=30&flip=0``: Jetson CSI camera, GStreamer ``nvarguscamerasrc`` (live).
 - ``rtsp://...``, ``rtsps://...``, ``http(s)://...``: network stream through FFmpeg (live).
 - ``clip.mp4``, ``file://clip.avi``: video file.
-- ``images/``, ``file://images``, ``one.png``: folder of images (or one image) read in name order.
+- ``images/``, ``file://images``, ``one.png``: folder of images (or one image) read in name order, each converted by
+  :func:`lemo_edge.images.read_image` (the one policy ``eval`` uses too: 16-bit scaled by 1/257, grayscale
+  replicated, alpha dropped, other formats skipped as ``unsupported_format``).
 - ``synthetic://?seed=0&defect_rate=0.1&size=256``: :class:`lemo_edge.synthetic.SyntheticStream` frames with
   ground-truth label and mask.
 
@@ -33,13 +35,13 @@ from urllib.parse import parse_qs, urlsplit
 import cv2
 import numpy as np
 
-from lemo_edge.errors import InputError, SourceError, describe
+from lemo_edge.errors import DatasetError, InputError, SourceError, describe
+from lemo_edge.images import IMAGE_SUFFIXES, read_image, to_rgb8
 
 from .frames import Frame
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 STREAM_SCHEMES: tuple[str, ...] = ("rtsp", "rtsps", "http", "https")
 ACCEPTED_URIS = (
     "0 (camera index), /dev/videoN, v4l2://N, csi://N, rtsp://..., rtsps://..., http(s)://..., "
@@ -115,31 +117,6 @@ def _check_size(size: tuple[int, int] | None) -> tuple[int, int] | None:
     ):
         raise InputError(f"size: expected (height, width) of two positive ints, got {size!r}")
     return int(size[0]), int(size[1])
-
-
-def cv_to_rgb(image: np.ndarray) -> np.ndarray:
-    """Convert an OpenCV image (BGR, BGRA or grayscale) to RGB.
-
-    Args:
-        image: ``(H, W) | (H, W, 1) | (H, W, 3) | (H, W, 4) uint8`` as returned by ``cv2.imread``/``VideoCapture``.
-
-    Returns:
-        ``(H, W, 3) uint8`` RGB, C-contiguous.
-
-    Raises:
-        InputError: another dtype or channel count (the scale of 16-bit or float images is not guessed).
-    """
-    if image.dtype != np.uint8:
-        raise InputError(f"image: expected uint8 BGR/BGRA/gray, got {describe(image)}")
-    if image.ndim == 2:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-    if image.ndim == 3 and image.shape[2] == 1:
-        return cv2.cvtColor(np.ascontiguousarray(image[:, :, 0]), cv2.COLOR_GRAY2RGB)
-    if image.ndim == 3 and image.shape[2] == 3:
-        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    if image.ndim == 3 and image.shape[2] == 4:
-        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
-    raise InputError(f"image: expected (H, W), (H, W, 3) or (H, W, 4) uint8, got {describe(image)}")
 
 
 def csi_pipeline(sensor_id: int, width: int, height: int, fps: int, flip_method: int = 0) -> str:
@@ -534,7 +511,7 @@ class CaptureSource(Source):
                 yield _Raw(None, skip="empty", detail="capture returned an empty frame")
                 continue
             try:
-                yield _Raw(cv_to_rgb(image))
+                yield _Raw(to_rgb8(image))
             except InputError as exc:
                 yield _Raw(None, skip="unsupported_format", detail=str(exc))
 
@@ -572,18 +549,14 @@ class ImageFolderSource(Source):
             if self._stop.is_set():
                 return
             try:
-                data = np.frombuffer(path.read_bytes(), dtype=np.uint8)
-            except OSError as exc:
-                yield _Raw(None, skip="unreadable", detail=f"{path}: {exc}")
+                image = read_image(path)
+            except DatasetError as exc:  # missing, unreadable or not decodable
+                yield _Raw(None, skip="unreadable", detail=str(exc))
                 continue
-            image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-            if image is None:
-                yield _Raw(None, skip="unreadable", detail=f"{path}: not a decodable image")
+            except InputError as exc:  # decoded, but outside lemo_edge.images' policy (e.g. float pixels)
+                yield _Raw(None, skip="unsupported_format", detail=str(exc))
                 continue
-            try:
-                yield _Raw(cv_to_rgb(image), name=path.name)
-            except InputError as exc:
-                yield _Raw(None, skip="unsupported_format", detail=f"{path}: {exc}")
+            yield _Raw(image, name=path.name)
 
 
 class SyntheticSource(Source):

@@ -5,16 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import onnx
+import onnxruntime as ort
 import pytest
 import torch
 
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
-
-from lemo_edge.backbone import PACKAGED, FeatureExtractor, create_feature_extractor  # noqa: E402
-from lemo_edge.errors import InputError, MissingDependencyError  # noqa: E402
-from lemo_edge.export import ExportError  # noqa: E402
-from lemo_edge.export.onnx import (  # noqa: E402
+from lemo_edge.backbone import PACKAGED, FeatureExtractor, create_feature_extractor
+from lemo_edge.errors import InputError, MissingDependencyError
+from lemo_edge.export import ExportError
+from lemo_edge.export.onnx import (
     TENSORRT_OPS_FILE,
     ExportReport,
     check_tensorrt_ops,
@@ -156,7 +155,7 @@ def test_bad_arguments_raise_input_error(extractor: FeatureExtractor, tmp_path: 
 
 
 def test_cli_export_onnx_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from lemo_edge.cli import main
+    from lemo_edge.runtime.main import main
 
     out = tmp_path / "sub" / "model.onnx"
     code = main(["export", "onnx", "--backbone", "tf_efficientnet_lite0", "--size", "256", "--out", str(out)])
@@ -170,7 +169,7 @@ def test_cli_export_onnx_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 
 def test_cli_export_onnx_bad_size_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from lemo_edge.cli import main
+    from lemo_edge.runtime.main import main
 
     code = main(["export", "onnx", "--size", "250", "--out", str(tmp_path / "m.onnx")])
     assert code == 2

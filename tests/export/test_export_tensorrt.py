@@ -9,17 +9,16 @@ from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
+import onnx
 import pytest
 import torch
 
-onnx = pytest.importorskip("onnx")
-
-from lemo_edge.backbone import PACKAGED  # noqa: E402
-from lemo_edge.errors import BackendUnavailableError, InputError, MissingDependencyError  # noqa: E402
-from lemo_edge.export import EngineCacheError  # noqa: E402
-from lemo_edge.export import tensorrt as trt_export  # noqa: E402
-from lemo_edge.export.onnx import model_metadata  # noqa: E402
-from lemo_edge.export.tensorrt import (  # noqa: E402
+from lemo_edge.backbone import PACKAGED
+from lemo_edge.errors import BackendUnavailableError, InputError, MissingDependencyError
+from lemo_edge.export import EngineCacheError
+from lemo_edge.export import tensorrt as trt_export
+from lemo_edge.export.onnx import model_metadata
+from lemo_edge.export.tensorrt import (
     EngineKey,
     build_engine,
     check_engine_sidecar,
@@ -193,7 +192,7 @@ def test_build_engine_refuses_a_mismatching_cached_engine(monkeypatch: pytest.Mo
 
 
 def test_cli_tensorrt_without_tensorrt(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys) -> None:  # noqa: ANN001
-    from lemo_edge.cli import main
+    from lemo_edge.runtime.main import main
 
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     model = tiny_onnx(tmp_path / "tiny.onnx")

@@ -70,7 +70,8 @@ def test_efficientnet_lite0_weights_map_exactly():
 
 
 def test_mobilenetv2_weights_match_torchvision_exactly():
-    torchvision = pytest.importorskip("torchvision")
+    import torchvision
+
     ref = torchvision.models.mobilenet_v2()
     ref.load_state_dict(torch.load(str(PACKAGED["mobilenetv2_100"].weights()), weights_only=True))
     model = create_classifier("mobilenetv2_100")

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from lemo_edge.datasets import Item, Sample, open_dataset, read_image, read_mask, resize_sample
+from lemo_edge.datasets import Item, Sample, open_dataset, resize_sample
 from lemo_edge.errors import DatasetError, InputError
 from lemo_edge.synthetic import synthetic_sample
 
@@ -174,51 +174,6 @@ def test_unknown_layouts_list_the_accepted_ones(tmp_path):
 def test_item_without_path_or_generator():
     with pytest.raises(DatasetError, match="item 'x': expected an image path or a generator, got neither"):
         Item("x", 0).load()
-
-
-# -- image and mask files ----------------------------------------------------------------------------------------------
-
-
-def test_image_conversions(tmp_path):
-    gray = np.arange(16, dtype=np.uint8).reshape(4, 4)
-    image = read_image(_write(tmp_path / "gray.png", gray))
-    assert image.shape == (4, 4, 3) and image.dtype == np.uint8 and np.array_equal(image[..., 1], gray)
-    assert read_image(_write(tmp_path / "g16.png", np.full((4, 4), 65535, np.uint16))).max() == 255
-    assert read_image(_write(tmp_path / "h16.png", np.full((4, 4), 257 * 100, np.uint16))).max() == 100
-    rgba = np.zeros((4, 4, 4), np.uint8)
-    rgba[..., 2] = 255  # red in BGRA
-    assert read_image(_write(tmp_path / "rgba.png", rgba))[0, 0].tolist() == [255, 0, 0]
-    bgr = np.zeros((4, 4, 3), np.uint8)
-    bgr[..., 0] = 200  # blue in BGR
-    assert read_image(_write(tmp_path / "bgr.png", bgr))[0, 0].tolist() == [0, 0, 200]
-    assert read_image(_write(tmp_path / "ünïcode" / "grå.png", gray)).shape == (4, 4, 3)
-
-
-def test_unreadable_files_are_named(tmp_path):
-    with pytest.raises(DatasetError, match="missing.png' \\(not found\\)"):
-        read_image(tmp_path / "missing.png")
-    (tmp_path / "bad.png").write_bytes(b"not an image")
-    with pytest.raises(DatasetError, match="bad.png' \\(12 bytes, corrupt\\?\\)"):
-        read_image(tmp_path / "bad.png")
-    (tmp_path / "empty.png").write_bytes(b"")
-    with pytest.raises(DatasetError, match="empty.png' \\(0 bytes, corrupt\\?\\)"):
-        read_image(tmp_path / "empty.png")
-    _write(tmp_path / "float.tiff", np.zeros((4, 4), np.float32))
-    with pytest.raises(DatasetError, match="image: expected 8- or 16-bit pixels, got float32 in '.*float.tiff'"):
-        read_image(tmp_path / "float.tiff")
-
-
-def test_read_mask(tmp_path):
-    path = _write(tmp_path / "m.png", _mask((20, 20), 128))
-    mask = read_mask(path, (20, 20))
-    assert mask.dtype == np.uint8 and mask.sum() == 25 and set(np.unique(mask)) == {0, 1}
-    assert read_mask(None, (3, 4)).shape == (3, 4)
-    assert read_mask(tmp_path / "absent.png", (3, 4)).sum() == 0
-    with pytest.raises(DatasetError, match=r"mask: expected the size of its image \(10, 20\), got \(20, 20\) in"):
-        read_mask(path, (10, 20))
-    (tmp_path / "bad.png").write_bytes(b"junk")
-    with pytest.raises(DatasetError, match="mask: expected a decodable image, got '.*bad.png' \\(corrupt\\?\\)"):
-        read_mask(tmp_path / "bad.png", (4, 4))
 
 
 # -- resizing ----------------------------------------------------------------------------------------------------------

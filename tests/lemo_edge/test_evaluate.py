@@ -7,8 +7,8 @@ import json
 import cv2
 import pytest
 
-from lemo_edge.cli import main
 from lemo_edge.evaluate import checkpoints_for
+from lemo_edge.runtime.main import main
 
 TINY = "synthetic://?seed=1&size=64&n_train=24&n_test_good=8&n_test_defect=8"
 

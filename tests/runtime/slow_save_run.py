@@ -33,7 +33,7 @@ def main() -> int:
                 time.sleep(seconds)
 
     os.fsync = slow_fsync  # type: ignore[assignment]
-    from lemo_edge.cli import main as cli_main
+    from lemo_edge.runtime.main import main as cli_main
 
     return cli_main(argv)
 

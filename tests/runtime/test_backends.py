@@ -21,8 +21,6 @@ from lemo_edge.runtime.backends import (
 )
 from lemo_edge.runtime.protocols import FeatureBackend
 
-pytest.importorskip("onnxruntime")
-
 
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -1,7 +1,9 @@
-"""Tests of lemo_edge.runtime.bundle: the Jetson bundle (contents, MANIFEST, install.sh, unit, wheel) and health.
+"""Tests of lemo_edge.runtime.bundle: the Jetson bundle (contents, MANIFEST, install.sh, unit, templates, wheel).
 
 One bundle is built per module (real ONNX export at 64 px, real wheel build; about 15 s) and checked from every side.
-Nothing here needs the network, root, a Jetson or systemd running: install.sh only runs with --dry-run.
+Nothing here needs the network, root, a Jetson or systemd running: install.sh only runs with --dry-run. shellcheck
+lints the package's install.sh and the rendered one; systemd-analyze verifies the rendered unit (each skips with a
+reason where the tool is missing). ``lemo-edge health`` is tested in test_health.py.
 """
 
 from __future__ import annotations
@@ -16,19 +18,31 @@ import sys
 import tarfile
 import time
 import zipfile
+from importlib import resources
 from pathlib import Path
 
 import pytest
 
 from lemo_edge.backbone import resolve_spec
-from lemo_edge.cli import main
 from lemo_edge.config import ModelConfig
+from lemo_edge.errors import InputError
 from lemo_edge.export.onnx import cached_onnx, read_model_info
 from lemo_edge.model import LemoModel
-from lemo_edge.runtime.bundle import check_health, jetson_requirements, onnx_file_name, tail_lines, verify_bundle
-from lemo_edge.runtime.frames import Frame, FrameResult
-from lemo_edge.runtime.loop import StateStore
-from lemo_edge.runtime.sinks import EventsSink
+from lemo_edge.runtime.bundle import (
+    ETC_DIR,
+    PREFIX,
+    SERVICE,
+    STATE_ROOT,
+    BundleError,
+    jetson_requirements,
+    onnx_file_name,
+    render_install_script,
+    render_template,
+    render_unit,
+    verify_bundle,
+)
+from lemo_edge.runtime.bundle.templates import PLACEHOLDER, TEMPLATES, template_text
+from lemo_edge.runtime.main import main
 from lemo_edge.state import save_state
 from lemo_edge.updater import OnlineUpdater
 
@@ -169,12 +183,40 @@ def test_env_file_carries_camera_and_sinks(bundle: Path) -> None:
 # -- install.sh -------------------------------------------------------------------------------------------------------
 
 
-def test_install_sh_passes_shellcheck(bundle: Path) -> None:
+def _shellcheck() -> str:
     shellcheck = shutil.which("shellcheck")
     if shellcheck is None:
-        pytest.skip("needs shellcheck (Debian: apt-get install -y shellcheck)")
+        pytest.skip("needs shellcheck (Debian: apt-get install -y shellcheck; .ci/run installs it)")
+    return shellcheck
+
+
+def test_the_package_install_sh_passes_shellcheck() -> None:
+    """The template itself, as a file of the package (placeholders are plain words to the shell)."""
+    shellcheck = _shellcheck()
+    with resources.as_file(resources.files("lemo_edge.runtime.bundle").joinpath("files").joinpath("install.sh")) as f:
+        assert f.is_file() and f.read_text(encoding="utf-8") == template_text("install.sh")
+        done = subprocess.run([shellcheck, str(f)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout
+
+
+def test_the_rendered_install_sh_passes_shellcheck(bundle: Path, tmp_path: Path) -> None:
+    shellcheck = _shellcheck()
     done = subprocess.run([shellcheck, str(bundle / "install.sh")], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout
+    # Without a state or a weights package (the facts' other values) it passes too.
+    script = tmp_path / "install.sh"
+    script.write_text(
+        render_install_script(
+            wheel_file="wheels/lemo_edge-0.1.0-py3-none-any.whl",
+            onnx_file="models/x.onnx",
+            has_state=False,
+            weights_requirement="",
+            pycuda_requirement="pycuda>=2024.1",
+        )
+    )
+    done = subprocess.run([shellcheck, str(script)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout
+    assert "WEIGHTS_REQUIREMENT=''\n" in script.read_text() and "BUNDLE_HAS_STATE=0\n" in script.read_text()
 
 
 def test_install_sh_dry_run_prints_every_command_and_changes_nothing(bundle: Path) -> None:
@@ -221,20 +263,80 @@ def test_unit_has_the_required_settings(bundle: Path) -> None:
     assert '"LEMO_EDGE_CACHE=/var/lib/lemo-edge"' in service["Environment"]
 
 
-def test_unit_passes_systemd_analyze_verify(bundle: Path, tmp_path: Path) -> None:
+def _systemd_verify(unit_text: str, folder: Path) -> list[str]:
+    """``systemd-analyze verify`` of a unit; returns its complaints about that file (it exits 0 on many of them)."""
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
-        pytest.skip("systemd-analyze is not installed")
-    fake = tmp_path / "bin" / "lemo-edge"  # verify checks that the executables exist: stand in for the venv's
-    fake.parent.mkdir()
+        pytest.skip("needs systemd-analyze (Debian: apt-get install -y systemd; .ci/run installs it)")
+    fake = folder / "bin" / "lemo-edge"  # verify checks that the executables exist: stand in for the venv's
+    fake.parent.mkdir(exist_ok=True)
     fake.write_text("#!/bin/sh\nexit 0\n")
     fake.chmod(0o755)
-    unit = tmp_path / "lemo-edge.service"
-    unit.write_text((bundle / "lemo-edge.service").read_text().replace("/opt/lemo-edge/venv/bin/lemo-edge", str(fake)))
+    unit = folder / SERVICE
+    unit.write_text(unit_text.replace(f"{PREFIX}/venv/bin/lemo-edge", str(fake)))
     done = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60)
     if done.returncode != 0 and ("Failed to" in done.stderr and "bus" in done.stderr.lower()):
         pytest.skip(f"systemd-analyze cannot run here: {done.stderr.strip()[:200]}")
-    assert done.returncode == 0, done.stderr
+    complaints = [line for line in (done.stdout + done.stderr).splitlines() if str(unit) in line or SERVICE in line]
+    if done.returncode != 0:
+        complaints.append(f"exit {done.returncode}: {done.stderr.strip()[:500]}")
+    return complaints
+
+
+def test_unit_passes_systemd_analyze_verify(bundle: Path, tmp_path: Path) -> None:
+    assert _systemd_verify((bundle / SERVICE).read_text(), tmp_path) == []
+
+
+def test_systemd_analyze_verify_catches_a_bad_unit(bundle: Path, tmp_path: Path) -> None:
+    """The check above can fail: a misspelt key and a bad value are reported (systemd-analyze itself exits 0)."""
+    text = (bundle / SERVICE).read_text().replace("Restart=on-failure", "Restartt=on-failure")
+    complaints = _systemd_verify(text.replace("Type=simple", "Type=bogus"), tmp_path)
+    assert any("Restartt" in c for c in complaints) and any("bogus" in c for c in complaints), complaints
+
+
+# -- the templates (package data) -------------------------------------------------------------------------------------
+
+
+def test_bundle_files_are_the_rendered_templates(bundle: Path) -> None:
+    manifest = json.loads((bundle / "MANIFEST.json").read_text())
+    for name in TEMPLATES:
+        text = (bundle / name).read_text()
+        assert not PLACEHOLDER.search(text), f"{name}: placeholder left: {PLACEHOLDER.search(text)}"
+    onnx_name = manifest["onnx"]["path"].split("/")[-1]
+    assert (bundle / SERVICE).read_text() == render_unit(onnx_name, CAMERA)
+    assert f"/var/lib/lemo-edge/onnx/{onnx_name} " in (bundle / SERVICE).read_text()
+    readme = (bundle / "README.txt").read_text()
+    assert readme.startswith(f"lemo-edge 0.1.0 bundle for Jetson (JetPack 6): backbone models/{onnx_name}, the model")
+
+
+def test_every_template_has_its_placeholders_and_a_missing_value_fails_loudly() -> None:
+    expected = {
+        "install.sh": {"WHEEL_FILE", "ONNX_FILE", "BUNDLE_HAS_STATE", "WEIGHTS_REQUIREMENT", "PYCUDA_REQUIREMENT"},
+        SERVICE: {"ONNX_NAME", "CAMERA"},
+        "lemo-edge.env": {"CAMERA", "SINKS"},
+        "lemo-edge.logrotate": set(),
+        "README.txt": {"VERSION", "ONNX_NAME", "STATE"},
+    }
+    assert {name: set(PLACEHOLDER.findall(template_text(name))) for name in TEMPLATES} == expected
+    with pytest.raises(BundleError, match=r"lemo-edge.service: .*missing \['ONNX_NAME'\], unused \[\]"):
+        render_template(SERVICE, {"CAMERA": "csi://0"})
+    with pytest.raises(BundleError, match=r"unused \['CAMERA'\]"):
+        render_template("lemo-edge.logrotate", {"CAMERA": "csi://0"})
+    with pytest.raises(InputError, match="bundle template: expected one of .* got 'nope.sh'"):
+        template_text("nope.sh")
+    with pytest.raises(InputError, match="--camera: expected one URI without spaces"):
+        render_unit("x.onnx", "csi://0 --frames 1")
+
+
+def test_templates_use_the_layout_python_names() -> None:
+    """The box's paths are written literally in the files: they must be the ones the code and health use."""
+    script = template_text("install.sh")
+    for variable, value in (("PREFIX", PREFIX), ("STATE_ROOT", STATE_ROOT), ("ETC_DIR", ETC_DIR), ("SERVICE", SERVICE)):
+        assert f"\n{variable}={value}\n" in script, variable
+    unit = template_text(SERVICE)
+    assert f"WorkingDirectory={STATE_ROOT}\n" in unit and f"EnvironmentFile=-{ETC_DIR}/lemo-edge.env\n" in unit
+    assert f"ExecStart={PREFIX}/venv/bin/lemo-edge run " in unit and f"--config {PREFIX}/config.json" in unit
+    assert template_text("lemo-edge.logrotate").count(f"{STATE_ROOT}/events.jsonl {{") == 1
 
 
 # -- the wheel --------------------------------------------------------------------------------------------------------
@@ -270,6 +372,20 @@ def test_the_wheel_installs_into_a_fresh_venv_and_runs(bundle: Path, tmp_path: P
     )
     assert info.returncode == 0, info.stderr
     assert "tf_efficientnet_lite0" in info.stdout and "backends:" in info.stdout
+    # The templates are package data of the wheel, read with importlib.resources once installed.
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+    assert {f"lemo_edge/runtime/bundle/files/{name}" for name in TEMPLATES} <= names
+    rendered = subprocess.run(
+        [py, "-c", "from lemo_edge.runtime.bundle import render_unit; print(render_unit('x.onnx', 'csi://0'), end='')"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=120,
+    )
+    assert rendered.returncode == 0, rendered.stderr
+    assert rendered.stdout == render_unit("x.onnx", "csi://0")
     # An installed wheel cannot build a bundle: it says why.
     again = subprocess.run(
         [venv / "bin" / "lemo-edge", "bundle", "--target", "jetson", "--out", str(tmp_path / "b"), "--dry-run"],
@@ -335,65 +451,3 @@ def test_existing_out_needs_force(bundle: Path, capsys: pytest.CaptureFixture[st
         capsys, "bundle", "--target", "jetson", "--out", str(bundle), "--size", "64", "--weights-wheel", "none"
     )
     assert code == 2 and "exists; expected a new folder (--force replaces them)" in err
-
-
-# -- health -----------------------------------------------------------------------------------------------------------
-
-
-def _events(path: Path, n: int, start: float, fps: float) -> None:
-    sink = EventsSink(path)
-    for i in range(n):
-        frame = Frame(image=None, index=i, timestamp=start + i / fps)  # type: ignore[arg-type]
-        sink.write(frame, FrameResult(1.0, None, False, 2.0, True, {"total": 5.0}))
-    sink.close()
-
-
-def test_health_of_a_live_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    with StateStore(tmp_path / "state") as store:  # holds the folder with this process's pid, as a run does
-        _state(store.directory)
-        _events(tmp_path / "events.jsonl", 120, time.time() - 12.0, fps=10.0)
-        code, out, _ = _cli(capsys, "health", "--state", str(store.directory), "--json")
-    assert code == 0, out
-    report = json.loads(out)
-    assert report["healthy"] and report["reasons"] == []
-    assert report["last_frame"]["frame"] == 119 and 0 <= report["last_frame"]["age_s"] < 30
-    assert report["fps"] == pytest.approx(10.0, rel=0.01) and report["fps_frames"] == 50
-    assert report["state"]["exists"] and report["state"]["updates"] == 0 and report["state"]["age_s"] < 30
-    assert report["process"] == {"pid": os.getpid(), "running": True}
-    assert report["events"] == str(tmp_path / "events.jsonl")
-
-
-def test_health_reports_a_stale_or_stopped_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    state = tmp_path / "state"
-    state.mkdir()
-    _events(tmp_path / "events.jsonl", 10, time.time() - 300.0, fps=5.0)
-    with open(tmp_path / "events.jsonl", "a") as fh:
-        fh.write('{"time": "2030-01-0')  # a line still being written is not read
-    code, out, _ = _cli(capsys, "health", "--state", str(state), "--max-age", "60")
-    assert code == 1 and out.startswith("UNHEALTHY: last frame 29") and "s ago (max 60 s)" in out
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    (state / ".lock").write_text(f"{dead.pid}\n")
-    report = check_health(state, max_age_s=1000)
-    assert not report.healthy and report.reasons == [f"the run that last held {state} (pid {dead.pid}) is not running"]
-    assert report.fps == pytest.approx(5.0, rel=0.01) and report.last_frame is not None
-    assert report.last_frame["frame"] == 9
-
-
-def test_health_without_events_and_with_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    (tmp_path / "state").mkdir()
-    code, out, _ = _cli(capsys, "health", "--state", str(tmp_path / "state"))
-    assert code == 1 and "UNHEALTHY: no events file" in out
-    code, _, err = _cli(capsys, "health", "--state", str(tmp_path / "missing"))
-    assert code == 2 and "--state: expected the run's state folder" in err
-    code, _, err = _cli(capsys, "health", "--state", str(tmp_path), "--max-age", "-1")
-    assert code == 2 and "expected a number > 0" in err
-
-
-def test_tail_lines_reads_backwards_in_blocks(tmp_path: Path) -> None:
-    path = tmp_path / "f.txt"
-    path.write_text("".join(f"line {i}\n" for i in range(1000)) + "partial")
-    assert tail_lines(path, 3, block=7) == ["line 997", "line 998", "line 999"]
-    assert tail_lines(path, 5000, block=64)[:2] == ["line 0", "line 1"]
-    path.write_text("")
-    assert tail_lines(path, 3) == []

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
-from lemo_edge.cli import main
+from lemo_edge.runtime.main import main
 
 TINY = "synthetic://?seed=2&size=64&n_train=24&n_test_good=8&n_test_defect=8"
 
 
 def test_onnxruntime_eval_matches_torch(tmp_path, monkeypatch):
-    pytest.importorskip("onnxruntime")
     monkeypatch.setenv("LEMO_EDGE_CACHE", str(tmp_path / "cache"))
     results = {}
     for backend in ("torch", "onnxruntime"):

@@ -1,9 +1,12 @@
-"""Tests of lemo_edge.runtime.loop: the inspection loop in-process (real backbone, real model, small config)."""
+"""Tests of lemo_edge.runtime.loop and its parts (stopping, state store, status, summary): the inspection loop
+in-process (real backbone, real model, small config)."""
 
 from __future__ import annotations
 
+import copy
 import io
 import json
+import logging
 import math
 import threading
 import time
@@ -20,17 +23,14 @@ from lemo_edge.errors import InputError, StateError
 from lemo_edge.model import LemoModel
 from lemo_edge.runtime.cli import ModuleBackend
 from lemo_edge.runtime.frames import Frame, FrameResult
-from lemo_edge.runtime.loop import (
-    InspectionLoop,
-    LoopOptions,
-    RunSummary,
-    StateStore,
-    StatusLine,
-    StopFlag,
-)
+from lemo_edge.runtime.loop import InspectionLoop, LoopOptions
 from lemo_edge.runtime.sinks import EventsSink
 from lemo_edge.runtime.sources import SourceStats, open_source
-from lemo_edge.scoring import nearest_memory
+from lemo_edge.runtime.state_store import StateStore, move_updater
+from lemo_edge.runtime.status import StatusLine
+from lemo_edge.runtime.stopping import StopFlag
+from lemo_edge.runtime.summary import RunSummary
+from lemo_edge.scoring import Nearest, nearest_memory
 from lemo_edge.state import load_state
 from lemo_edge.synthetic import synthetic_sample
 from lemo_edge.updater import OnlineUpdater
@@ -105,6 +105,8 @@ class RecordingSink:
         ({"max_frames": 0}, "frames: expected >= 1, got 0"),
         ({"save_every": 0}, "save_every: expected >= 1, got 0"),
         ({"read_timeout_s": 0.0}, "read_timeout_s: expected > 0"),
+        ({"sink_retry_min_s": 0.0}, "sink_retry_min_s: expected > 0, got 0.0"),
+        ({"sink_retry_min_s": 2.0, "sink_retry_max_s": 1.0}, r"sink_retry_max_s: expected >= sink_retry_min_s \(2.0\)"),
     ],
 )
 def test_options_are_validated(kwargs: dict, match: str) -> None:
@@ -140,6 +142,9 @@ def test_summary_json_has_no_infinities() -> None:
     assert data["threshold"] is None and data["skipped_total"] == 2
     json.dumps(data, allow_nan=False)
     assert "skipped 2 (unreadable 2)" in summary.format()
+    text = RunSummary(frames=3, nonfinite=1, sink_failures={"VideoSink('a.mp4')": 2}).format()
+    assert "; not finite 1" in text and "sink failures: VideoSink('a.mp4') 2" in text
+    assert RunSummary(sink_failures={"x": 1}).to_dict()["sink_failures"] == {"x": 1}
 
 
 # -- state store ------------------------------------------------------------------------------------------------------
@@ -187,17 +192,25 @@ def test_loop_decides_learns_saves_and_reports(backend: ModuleBackend, tmp_path:
     assert summary.anomalies == sum(r.is_anomaly for _, r in sink.results)
     assert summary.saves >= summary.updates // 4
     assert set(summary.latency_ms) == {"preprocess", "backbone", "score", "map", "update", "sinks", "total"}
-    # every result is consistent with its own threshold; the warm-up frames all update
-    for _, result in sink.results:
-        assert result.is_anomaly == (result.score > result.threshold)
+    assert summary.nonfinite == 0 and summary.sink_failures == {}
+    assert summary.threshold < math.inf and any(r.is_anomaly for _, r in sink.results)  # the gate is exercised
+    # every frame got the one right answer: judged against the threshold it was given, learned in the warm-up
+    # or when judged normal, never otherwise
+    for i, (_, result) in enumerate(sink.results):
+        warmup = i < CONFIG.warmup
+        assert result.is_anomaly == (result.score > result.threshold), i
+        assert result.updated == (warmup or result.score <= result.threshold), i
+        expected = "warm-up" if warmup else "below threshold" if result.score <= result.threshold else "above threshold"
+        assert result.reason == expected, i
+        assert result.finite and result.failing_sinks == []
         assert result.anomaly_map is not None and result.anomaly_map.shape == (SIZE, SIZE)
         assert result.anomaly_map.dtype == np.float32
-    assert all(r.updated for _, r in sink.results[: CONFIG.warmup])
-    # after the warm-up only frames judged normal update the model
-    assert not any(r.updated and r.is_anomaly for _, r in sink.results)
-    # the events sink is written last, so its records carry the complete latencies
+    # the events sink is written last, so its records carry the complete latencies; and the decision's fields
     records = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
     assert len(records) == 20 and all("total" in r["latency_ms"] and "sinks" in r["latency_ms"] for r in records)
+    for record, (_, result) in zip(records, sink.results, strict=True):
+        assert record["learned"] == record["updated"] == result.updated and record["reason"] == result.reason
+        assert record["finite"] is True and record["failing_sinks"] == []
     saved = load_state(tmp_path / "state", backend.spec, CONFIG)
     assert saved.stats.updates == summary.total_updates
 
@@ -261,25 +274,170 @@ def test_stop_flag_ends_the_run_after_the_current_frame(backend: ModuleBackend, 
     assert summary.saves == 1 and load_state(tmp_path, backend.spec).stats.updates == 3
 
 
-def test_a_scorer_replaces_the_reference_with_identical_scores(backend: ModuleBackend) -> None:
-    updater = _updater(backend)
-    frames = [_frame(i) for i in range(8)]
+def test_the_injected_scorer_is_the_one_used(backend: ModuleBackend) -> None:
+    """A scorer that adds a constant to the reference shifts every score by it (no position norm in between)."""
+    config = CONFIG.replace(position_norm=False)
+    updater = _updater(backend, config)
+    frames = [_frame(i, defect=i == 9) for i in range(10)]
     InspectionLoop(ListSource(frames[:6]), backend, updater).run()
+    offset = 0.5
+    calls: list[tuple[int, ...]] = []
+
+    def shifted(z: torch.Tensor, memory: torch.Tensor) -> Nearest:
+        calls.append(tuple(z.shape))
+        nearest = nearest_memory(z, memory, config.score_k)
+        return nearest._replace(score=nearest.score + offset)
+
+    def scores(scorer: object) -> list[float]:
+        sink = RecordingSink()
+        frozen = LoopOptions(freeze=True)
+        InspectionLoop(
+            ListSource(frames[6:]), backend, copy.deepcopy(updater), [sink], options=frozen, scorer=scorer
+        ).run()
+        return [r.score for _, r in sink.results]
+
+    reference, injected = scores(None), scores(shifted)
+    assert len(calls) == 4 and all(shape[0] == (SIZE // backend.spec.stride) ** 2 for shape in calls)
+    np.testing.assert_allclose(injected, np.asarray(reference) + offset, rtol=1e-5, atol=1e-5)
+
+
+class FlakySink(RecordingSink):
+    """Raises ``OSError(ENOSPC)`` on every write of a frame with ``index < fail_below``; records the attempts."""
+
+    def __init__(self, fail_below: int) -> None:
+        super().__init__()
+        self.fail_below = fail_below
+        self.attempts: list[int] = []
+
+    def write(self, frame: Frame, result: FrameResult) -> None:
+        self.attempts.append(frame.index)
+        if frame.index < self.fail_below:
+            raise OSError(28, "No space left on device")
+        super().write(frame, result)
+
+
+class ClockedSource(ListSource):
+    """A :class:`ListSource` whose frames arrive every ``period`` seconds of a fake clock (``source.now``)."""
+
+    def __init__(self, frames: list[Frame], period: float) -> None:
+        super().__init__(frames)
+        self.period = period
+        self.now = 0.0
+
+    def read(self, timeout: float = 1.0) -> Frame | None:
+        frame = super().read(timeout)
+        if frame is not None:
+            self.now = frame.index * self.period
+        return frame
+
+    def clock(self) -> float:
+        return self.now
+
+
+def test_a_failing_sink_is_logged_once_counted_retried_with_backoff_and_recovers(
+    backend: ModuleBackend, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    flaky, after = FlakySink(fail_below=10), RecordingSink()
+    events = EventsSink(tmp_path / "events.jsonl")
+    source = ClockedSource([_frame(i) for i in range(30)], period=0.5)
+    t0 = time.time()
+    loop = InspectionLoop(source, backend, _updater(backend), [events, flaky, after], clock=source.clock)
+    with caplog.at_level(logging.DEBUG, logger="lemo_edge.runtime.sinks"):
+        summary = loop.run()
+    events.close()
+    assert summary.frames == 30 and summary.stopped == "end of input"
+    # fails at t=0, 1 and 3 s (frames 0, 2, 6; backoff 1, 2, 4 s), retried at t=7 s (frame 14) and recovered
+    assert flaky.attempts == [0, 2, 6, *range(14, 30)]
+    assert [f.index for f, _ in flaky.results] == list(range(14, 30))
+    assert [f.index for f, _ in after.results] == list(range(30))  # the other sinks go on
+    assert summary.sink_failures == {"FlakySink": 3}
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "sink FlakySink failed (OSError: [Errno 28] No space left on device)" in warnings[0]
+    assert "retrying after 1 s" in warnings[0] and "further failures of this sink are only counted" in warnings[0]
+    assert any("sink FlakySink recovered after 3 failures (14 frames not written to it)" in m for m in caplog.messages)
+    records = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert len(records) == 30
+    for record in records:
+        i, failing = record["frame"], record["failing_sinks"]
+        if i >= 14:
+            assert failing == [], i
+            continue
+        (failure,) = failing
+        assert failure["sink"] == "FlakySink" and failure["error"] == "OSError: [Errno 28] No space left on device"
+        assert failure["failures"] == (1 if i < 2 else 2 if i < 6 else 3), i
+        assert t0 <= failure["since"] <= time.time()
+    assert len({r["failing_sinks"][0]["since"] for r in records[:14]}) == 1  # the streak's first failure
+
+
+def test_a_failing_events_sink_does_not_stop_the_other_sinks(backend: ModuleBackend, tmp_path: Path) -> None:
+    events = EventsSink(tmp_path / "events.jsonl")
+    events.close()  # every write now raises InputError
+    sink = RecordingSink()
+    source = ClockedSource([_frame(i) for i in range(8)], period=0.5)
+    summary = InspectionLoop(source, backend, _updater(backend), [events, sink], clock=source.clock).run()
+    assert summary.frames == 8 and [f.index for f, _ in sink.results] == list(range(8))
+    name = repr(events)
+    assert summary.sink_failures == {name: 3}  # frames 0, 2 and 6
+    assert sink.results[0][1].failing_sinks == []
+    failing = sink.results[1][1].failing_sinks
+    assert [f["sink"] for f in failing] == [name] and "expected an open events sink" in failing[0]["error"]
+
+
+def test_a_frame_that_is_not_finite_is_counted_judged_normal_and_not_learned(
+    backend: ModuleBackend, tmp_path: Path
+) -> None:
     calls = []
 
-    def scorer(z: torch.Tensor, memory: torch.Tensor):
-        calls.append(z.shape)
-        return nearest_memory(z, memory, CONFIG.score_k)
-
-    loop = InspectionLoop(ListSource([]), backend, updater, scorer=scorer)
-    for frame in frames[6:]:
-        _, images = loop._preprocess(frame)
+    def poisoned(images: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
         features = backend(images)
-        with torch.no_grad():
-            expected = updater.model.score(features).patch
-            got = loop._score(features).patch
-        torch.testing.assert_close(got, expected)
-    assert len(calls) == 2
+        return features * math.nan if len(calls) == 8 else features
+
+    sink = RecordingSink()
+    events = EventsSink(tmp_path / "events.jsonl")
+    updater = _updater(backend)
+    summary = InspectionLoop(ListSource([_frame(i) for i in range(10)]), poisoned, updater, [sink, events]).run()
+    events.close()
+    assert summary.frames == 10 and summary.nonfinite == 1 and updater.stats.updates == summary.updates
+    bad = sink.results[7][1]
+    assert not bad.finite and not bad.updated and not bad.is_anomaly and bad.reason == "not finite"
+    assert all(r.finite for i, (_, r) in enumerate(sink.results) if i != 7)
+    record = json.loads((tmp_path / "events.jsonl").read_text().splitlines()[7])
+    assert record["finite"] is False and record["learned"] is False and record["reason"] == "not finite"
+    assert record["score"] is None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none here)")
+def test_the_loop_on_cuda_decides_as_on_the_cpu(extractor) -> None:
+    """End to end on ``synthetic://``: model and backbone on CUDA give the CPU run's decisions and scores."""
+    uri, n = f"synthetic://?defect_rate=0.2&seed=3&size={SIZE}", 40
+    config = CONFIG.replace(threshold_k=2.0)  # a few anomalies among the 40 frames (4 on the CPU)
+    allow = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # compare the math, not TF32
+    try:
+        runs = {}
+        for name in ("cpu", "cuda"):
+            device = torch.device(name)
+            device_backend = ModuleBackend(copy.deepcopy(extractor), device)
+            updater = _updater(device_backend, config)
+            move_updater(updater, device)
+            sink = RecordingSink()
+            with open_source(uri, size=(SIZE, SIZE)) as source:
+                summary = InspectionLoop(
+                    source, device_backend, updater, [sink], options=LoopOptions(max_frames=n)
+                ).run()
+            assert summary.frames == n and summary.nonfinite == 0
+            runs[name] = [r for _, r in sink.results]
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = allow
+    cpu, cuda = runs["cpu"], runs["cuda"]
+    assert [(r.is_anomaly, r.updated, r.reason) for r in cuda] == [(r.is_anomaly, r.updated, r.reason) for r in cpu]
+    assert any(r.is_anomaly for r in cpu)
+    np.testing.assert_allclose([r.score for r in cuda], [r.score for r in cpu], rtol=1e-4, atol=1e-4)
+    for a, b in zip(cuda, cpu, strict=True):
+        assert a.anomaly_map is not None and b.anomaly_map is not None
+        np.testing.assert_allclose(a.anomaly_map, b.anomaly_map, rtol=1e-4, atol=1e-4)
 
 
 class _Camera:

@@ -1,4 +1,5 @@
-"""Tests of lemo_edge.runtime.mqtt: URI and credentials, the on-disk queue, and real runs against mosquitto.
+"""Tests of lemo_edge.runtime.mqtt and .mqtt_queue: URI and credentials, the on-disk queue, and real runs against
+mosquitto.
 
 The broker tests start ``mosquitto`` on a free port bound to 127.0.0.1 (skipped when the binary is missing); every
 wait is bounded.
@@ -6,7 +7,6 @@ wait is bounded.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -28,19 +28,14 @@ from lemo_edge.model import LemoModel
 from lemo_edge.runtime.cli import ModuleBackend
 from lemo_edge.runtime.frames import Frame, FrameResult
 from lemo_edge.runtime.loop import InspectionLoop, LoopOptions
-from lemo_edge.runtime.mqtt import DiskQueue, MqttSink, parse_mqtt_uri, resolve_credentials
+from lemo_edge.runtime.mqtt import MqttSink, parse_mqtt_uri, resolve_credentials
+from lemo_edge.runtime.mqtt_queue import DiskQueue
 from lemo_edge.runtime.sinks import open_sinks
 from lemo_edge.runtime.sources import open_source
 from lemo_edge.updater import OnlineUpdater
 
 MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
-NO_BROKER = (
-    "needs the mosquitto broker (Debian: apt-get install -y mosquitto)"
-    if MOSQUITTO is None
-    else "needs paho-mqtt >= 2.0 (pip install 'lemo-edge[mqtt]')"
-    if importlib.util.find_spec("paho") is None
-    else ""
-)
+NO_BROKER = "needs the mosquitto broker (Debian: apt-get install -y mosquitto)" if MOSQUITTO is None else ""
 needs_broker = pytest.mark.skipif(bool(NO_BROKER), reason=NO_BROKER)
 SIZE = 64
 CONFIG = ModelConfig(size=SIZE, memory_size=512, threshold_k=3.0)  # about 30 anomalies in 300 frames

@@ -1,4 +1,4 @@
-"""Tests of ``lemo-edge run``: in-process through ``lemo_edge.cli.main`` and as a subprocess killed mid-run."""
+"""Tests of ``lemo-edge run``: in-process through ``lemo_edge.runtime.main.main`` and as a subprocess killed mid-run."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from lemo_edge.backbone import resolve_spec
-from lemo_edge.cli import main
 from lemo_edge.config import ModelConfig
 from lemo_edge.errors import BackendUnavailableError, InputError
 from lemo_edge.runtime.cli import ModuleBackend, resolve_backend, resolve_scorer
+from lemo_edge.runtime.main import main
 from lemo_edge.state import load_state, read_state
 from lemo_edge.synthetic import synthetic_sample
 
@@ -27,7 +27,20 @@ SIZE = 64
 CONFIG_JSON = json.dumps({"size": SIZE, "memory_size": 512})
 CONFIG = ModelConfig(size=SIZE, memory_size=512)
 SYNTHETIC = f"synthetic://?defect_rate=0.1&seed=0&size={SIZE}"
-EVENT_FIELDS = {"time", "frame", "score", "decision", "threshold", "updated", "latency_ms", "label"}
+EVENT_FIELDS = {
+    "time",
+    "frame",
+    "score",
+    "decision",
+    "threshold",
+    "updated",
+    "learned",
+    "reason",
+    "finite",
+    "failing_sinks",
+    "latency_ms",
+    "label",
+}
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 
@@ -93,6 +106,9 @@ def test_synthetic_run_writes_events_state_and_prequential_auroc(
     assert 0.0 <= summary["prequential_auroc"] <= 1.0
     assert summary["updates"] == sum(r["updated"] for r in records) == summary["total_updates"]
     assert summary["resumed_updates"] is None
+    assert summary["nonfinite"] == 0 and summary["sink_failures"] == {}
+    assert all(r["failing_sinks"] == [] and r["finite"] is True for r in records)
+    assert all(r["learned"] == (r["reason"] in ("warm-up", "below threshold")) for r in records)
     assert "prequential image AUROC" in out and f"frames {n} in" in out
     saved = load_state(state, resolve_spec(CONFIG.backbone), CONFIG)
     assert saved.stats.updates == summary["updates"] and saved.stats.seen == n
@@ -127,7 +143,7 @@ def test_video_file_runs_to_its_end(tmp_path: Path, capsys: pytest.CaptureFixtur
     config_file = tmp_path / "config.json"
     config_file.write_text(CONFIG_JSON)
     args = ("--state", str(tmp_path / "s"), "--config", str(config_file), "--warmup", "4", "--backend", "torch")
-    code, out, err = run_cli(capsys, str(video), str(events), *args, "--summary-json", str(summary_json))
+    code, out, err = run_cli(capsys, str(video), str(events), *args, "--profile", "--summary-json", str(summary_json))
     assert code == 0, err
     assert read_state(tmp_path / "s")[0]["config"]["warmup"] == 4
     summary = json.loads(summary_json.read_text())
@@ -237,7 +253,7 @@ def _lines(path: Path) -> int:
 
 
 def test_sigkill_mid_run_then_restart_resumes_the_saved_state(tmp_path: Path) -> None:
-    proc = _spawn([sys.executable, "-m", "lemo_edge.cli", *_run_args(tmp_path)])
+    proc = _spawn([sys.executable, "-m", "lemo_edge.runtime.main", *_run_args(tmp_path)])
     state = tmp_path / "s" / "state.safetensors"
     _wait_for(proc, lambda: state.exists() and _lines(tmp_path / "events.jsonl") >= 25)
     proc.send_signal(signal.SIGKILL)
@@ -248,7 +264,7 @@ def test_sigkill_mid_run_then_restart_resumes_the_saved_state(tmp_path: Path) ->
     saved_updates = meta["stats"]["updates"]
     assert saved_updates >= 5
 
-    restart = _spawn([sys.executable, "-m", "lemo_edge.cli", *_run_args(tmp_path, frames=10)])
+    restart = _spawn([sys.executable, "-m", "lemo_edge.runtime.main", *_run_args(tmp_path, frames=10)])
     out, err = restart.communicate(timeout=120)
     assert restart.returncode == 0, err
     assert f"resumed from {state} ({saved_updates} updates" in err
@@ -273,7 +289,7 @@ def test_sigkill_during_a_save_keeps_the_previous_state_loadable(tmp_path: Path)
 
 
 def test_sigterm_stops_cleanly_saves_and_prints_the_summary(tmp_path: Path) -> None:
-    proc = _spawn([sys.executable, "-m", "lemo_edge.cli", *_run_args(tmp_path)])
+    proc = _spawn([sys.executable, "-m", "lemo_edge.runtime.main", *_run_args(tmp_path)])
     _wait_for(proc, lambda: _lines(tmp_path / "events.jsonl") >= 20)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)

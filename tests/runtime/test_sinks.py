@@ -12,14 +12,16 @@ import numpy as np
 import pytest
 
 from lemo_edge.errors import InputError
+from lemo_edge.runtime.events import event_record
 from lemo_edge.runtime.frames import Frame, FrameResult
 from lemo_edge.runtime.sinks import (
     EventsSink,
     OverlayFolderSink,
+    SinkGuard,
     VideoSink,
-    event_record,
     open_sinks,
     render_overlay,
+    sink_names,
 )
 
 H, W = 64, 96
@@ -95,15 +97,36 @@ def test_overlay_rejects_bad_shapes() -> None:
 
 def test_event_record_fields() -> None:
     record = event_record(_frame(3, label=1, name="x.png"), _result(anomalous=True))
-    assert set(record) == {"time", "frame", "score", "decision", "threshold", "updated", "latency_ms", "label", "name"}
+    assert set(record) == {
+        "time",
+        "frame",
+        "score",
+        "decision",
+        "threshold",
+        "updated",
+        "learned",
+        "reason",
+        "finite",
+        "failing_sinks",
+        "latency_ms",
+        "label",
+        "name",
+    }
+    assert record["failing_sinks"] == [] and record["finite"] is True and record["reason"] == ""
     when = datetime.fromisoformat(record["time"])
     assert when.utcoffset() == timedelta(0) and when.timestamp() == pytest.approx(1_700_000_003.25)
     assert record["frame"] == 3 and record["decision"] == "anomaly" and record["label"] == 1
     assert record["score"] == 8.0 and record["threshold"] == THRESHOLD and record["updated"] is False
     normal = event_record(_frame(4), _result(anomalous=False))
     assert normal["decision"] == "normal" and "label" not in normal and "name" not in normal
-    nan = FrameResult(float("nan"), None, False, float("inf"), False, {})
-    assert event_record(_frame(5), nan)["score"] is None  # valid JSON, no NaN
+    nan = FrameResult(float("nan"), None, False, float("inf"), False, {}, reason="not finite", finite=False)
+    record = event_record(_frame(5), nan)
+    assert record["score"] is None and record["finite"] is False and record["reason"] == "not finite"  # no NaN
+    failing = [{"sink": "VideoSink('x.mp4')", "error": "OSError: disk full", "since": 1.5, "failures": 2}]
+    result = FrameResult(1.0, None, False, 2.0, True, {}, reason="below threshold", failing_sinks=failing)
+    record = event_record(_frame(6), result)
+    assert record["failing_sinks"] == failing and record["learned"] is True and record["reason"] == "below threshold"
+    json.dumps(record, allow_nan=False)
 
 
 def test_events_sink_writes_flushed_jsonl(tmp_path: Path) -> None:
@@ -206,3 +229,61 @@ def test_display_skipped_when_headless_or_without_display(
 def test_open_sinks_unknown(tmp_path: Path, uri: str, match: str) -> None:
     with pytest.raises(InputError, match=match):
         open_sinks([str(tmp_path / "ok.jsonl"), uri], headless=True)
+
+
+# -- the guard of failing sinks ---------------------------------------------------------------------------------------
+
+
+class _Failing:
+    def __init__(self) -> None:
+        self.fail = True
+        self.writes = 0
+
+    def write(self, frame: Frame, result: FrameResult) -> None:
+        self.writes += 1
+        if self.fail:
+            raise OSError("disk full")
+
+    def close(self) -> None:
+        pass
+
+
+def test_sink_guard_backs_off_doubling_up_to_the_maximum_and_recovers() -> None:
+    now = [0.0]
+    sink = _Failing()
+    guard = SinkGuard(sink, "disk", clock=lambda: now[0], wall=lambda: 1234.5, backoff_min_s=1.0, backoff_max_s=4.0)
+    tried_at = []
+    for step in range(40):  # 0.5 s per frame over 20 s
+        now[0] = 0.5 * step
+        before = sink.writes
+        assert guard.write(_frame(step), _result(False)) is False
+        if sink.writes > before:
+            tried_at.append(now[0])
+    assert tried_at == [0.0, 1.0, 3.0, 7.0, 11.0, 15.0, 19.0]  # delays 1, 2, 4, then capped at 4
+    assert guard.failing and guard.failures == guard.streak == 7 and guard.skipped == 33
+    assert guard.status() == {"sink": "disk", "error": "OSError: disk full", "since": 1234.5, "failures": 7}
+    sink.fail = False
+    now[0] = 23.0
+    assert guard.write(_frame(40), _result(False)) is True
+    assert not guard.failing and guard.status() is None and guard.failures == 7
+    with pytest.raises(InputError, match="expected 0 < backoff_min_s <= backoff_max_s, got 2.0, 1.0"):
+        SinkGuard(sink, "x", backoff_min_s=2.0, backoff_max_s=1.0)
+
+
+def test_sink_guard_lets_keyboard_interrupt_through() -> None:
+    class Interrupting(_Failing):
+        def write(self, frame: Frame, result: FrameResult) -> None:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        SinkGuard(Interrupting(), "x").write(_frame(0), _result(False))
+
+
+def test_sink_names_are_distinct(tmp_path: Path) -> None:
+    a, b = EventsSink(tmp_path / "a.jsonl"), EventsSink(tmp_path / "a.jsonl")
+    try:
+        names = sink_names([a, b, _Failing(), _Failing()])
+    finally:
+        a.close()
+        b.close()
+    assert names == [repr(a), repr(a) + "#2", "_Failing", "_Failing#2"]

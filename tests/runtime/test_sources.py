@@ -19,7 +19,6 @@ from lemo_edge.runtime.sources import (
     ImageFolderSource,
     Source,
     csi_pipeline,
-    cv_to_rgb,
     open_source,
 )
 
@@ -177,15 +176,21 @@ def test_camera_that_cannot_open_is_source_error() -> None:
 # -- conversions ------------------------------------------------------------------------------------------------------
 
 
-def test_cv_to_rgb_conversions() -> None:
-    bgr = _bgr_frame(7)
-    assert (cv_to_rgb(bgr)[0, 0] == [0, 7, 200]).all()
-    gray = np.full((4, 5), 9, np.uint8)
-    assert cv_to_rgb(gray).shape == (4, 5, 3) and (cv_to_rgb(gray) == 9).all()
-    bgra = np.dstack([bgr, np.full((H, W), 255, np.uint8)])
-    assert (cv_to_rgb(bgra)[0, 0] == [0, 7, 200]).all()
-    with pytest.raises(InputError, match=r"expected uint8 BGR/BGRA/gray, got \(4, 5\) uint16"):
-        cv_to_rgb(np.zeros((4, 5), np.uint16))
+def test_folder_frames_follow_the_one_image_policy(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Folder sources read files with lemo_edge.images.read_image, as ``eval`` does: 16-bit scaled, alpha dropped."""
+    cv2.imwrite(str(tmp_path / "a16.png"), np.full((H, W), 257 * 100, np.uint16))
+    bgra = np.dstack([_bgr_frame(7), np.full((H, W), 9, np.uint8)])
+    cv2.imwrite(str(tmp_path / "b_alpha.png"), bgra)
+    cv2.imwrite(str(tmp_path / "c_float.tiff"), np.zeros((H, W), np.float32))
+    with caplog.at_level(logging.WARNING, logger="lemo_edge.runtime.sources"):
+        with open_source(str(tmp_path)) as source:
+            frames = list(source)
+            stats = source.stats
+    assert [f.name for f in frames] == ["a16.png", "b_alpha.png"]
+    assert (frames[0].image == 100).all() and frames[0].image.shape == (H, W, 3)
+    assert (frames[1].image[0, 0] == [0, 7, 200]).all()
+    assert stats.skipped == {"unsupported_format": 1}
+    assert any("expected uint8 or uint16 pixels, got (48, 64) float32" in r.getMessage() for r in caplog.records)
 
 
 # -- files and folders ------------------------------------------------------------------------------------------------

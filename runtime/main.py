@@ -1,4 +1,9 @@
-"""The ``lemo-edge`` command line: one sub-command per module, registered below."""
+"""The ``lemo-edge`` command line: one sub-command per module, registered below.
+
+It lives in the runtime, not in the core: the core (``lemo_edge/``) imports nothing from ``lemo_edge.runtime`` or
+``lemo_edge.export``, while this registry names modules of all three. ``python -m lemo_edge.runtime.main`` runs it
+as the console script does.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +16,11 @@ from collections.abc import Sequence
 
 # (sub-command, module defining ``add_parser(subparsers)`` whose parser sets ``func(args) -> int``)
 COMMANDS: tuple[tuple[str, str], ...] = (
-    ("eval", "lemo_edge.evaluate_cli"),
-    ("info", "lemo_edge.info"),
+    ("eval", "lemo_edge.runtime.eval_cli"),
+    ("info", "lemo_edge.runtime.info"),
     ("export", "lemo_edge.export.cli"),
     ("run", "lemo_edge.runtime.cli"),
-    ("bench", "lemo_edge.bench_cli"),
+    ("bench", "lemo_edge.runtime.bench.cli"),
     ("bundle", "lemo_edge.runtime.bundle"),
     ("health", "lemo_edge.runtime.bundle"),
 )
@@ -40,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code (2 for bad arguments)."""
     # Idle OpenMP threads sleep instead of spinning: on a 2-core box shared with a camera thread
-    # or another process, spinning threads made torch 10-100x slower (measured, see runtime/cli.py).
+    # or another process, spinning threads made torch 10-100x slower (measured, see lemo_edge/runtime/cli.py).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(argv)

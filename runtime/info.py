@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.metadata
 import json
 import platform
 from typing import Any
 
 from lemo_edge.backbone import PACKAGED
 from lemo_edge.errors import MissingDependencyError
+from lemo_edge.utils import versions
+
+# Distributions whose installed version ``info`` lists (None: not installed).
+PACKAGES: tuple[str, ...] = ("timm", "onnxruntime", "onnxruntime-gpu", "tensorrt", "pycuda", "opencv-python-headless")
 
 
 def add_parser(sub: Any) -> None:
@@ -20,16 +22,12 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-def _version(package: str) -> str | None:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def collect() -> dict[str, Any]:
+def collect() -> dict[str, list[tuple[str, bool, str]]]:
     """Availability of every backbone, backend and scorer: ``{section: [(name, ok, reason)]}``."""
     import torch
+
+    from lemo_edge.runtime.backends import backend_status
+    from lemo_edge.runtime.scorers import scorer_status
 
     backbones = []
     for name, packaged in PACKAGED.items():
@@ -38,28 +36,15 @@ def collect() -> dict[str, Any]:
             backbones.append((name, path.is_file(), str(path) if path.is_file() else f"missing file {path}"))
         except MissingDependencyError as err:
             backbones.append((name, False, str(err)))
-    sections: dict[str, Any] = {"backbones": backbones}
-    for section, module, func in (
-        ("backends", "lemo_edge.runtime.backends", "backend_status"),
-        ("scorers", "lemo_edge.runtime.scorers", "scorer_status"),
-    ):
-        try:
-            status = getattr(importlib.import_module(module), func)()
-            sections[section] = [tuple(s) for s in status]
-        except ImportError as err:
-            sections[section] = [("torch", True, f"reference only ({module} unavailable: {err})")]
+    sections: dict[str, list[tuple[str, bool, str]]] = {"backbones": backbones}
+    sections["backends"] = [(s.name, s.available, s.reason) for s in backend_status()]
+    sections["scorers"] = [(s.name, s.available, s.reason) for s in scorer_status()]
     cuda = torch.cuda.is_available()
+    gpu = f"available: {torch.cuda.get_device_name(0)}" if cuda else "not available"
     sections["environment"] = [
         ("python", True, platform.python_version()),
-        (
-            "torch",
-            True,
-            f"{torch.__version__}, CUDA {'available: ' + torch.cuda.get_device_name(0) if cuda else 'not available'}",
-        ),
-    ] + [
-        (pkg, _version(pkg) is not None, _version(pkg) or "not installed")
-        for pkg in ("timm", "onnxruntime", "onnxruntime-gpu", "tensorrt", "pycuda", "opencv-python-headless")
-    ]
+        ("torch", True, f"{torch.__version__}, CUDA {gpu}"),
+    ] + [(pkg, version is not None, version or "not installed") for pkg, version in versions(PACKAGES).items()]
     return sections
 
 

@@ -4,7 +4,7 @@
                     [--patchcore-data DIR] [--threads N] [--backends torch,onnxruntime] [--no-plots]
 
 Results go to ``<out-dir>/<machine>-<date>.json`` with a markdown table ``.md`` and PNG plots beside
-it (see :mod:`lemo_edge.bench`); ``--json OUT`` writes the same JSON to ``OUT`` too.
+it (see :mod:`lemo_edge.runtime.bench`); ``--json OUT`` writes the same JSON to ``OUT`` too.
 """
 
 from __future__ import annotations
@@ -51,14 +51,14 @@ def add_parser(sub: Any) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
-    """The :class:`~lemo_edge.bench.BenchConfig` of parsed arguments.
+    """The :class:`~lemo_edge.runtime.bench.BenchConfig` of parsed arguments.
 
     Raises:
         InputError: an argument out of range or a ``--patchcore-data`` folder that does not exist.
     """
     import torch
 
-    from lemo_edge.bench import BenchConfig, default_patchcore_data
+    from lemo_edge.runtime.bench.config import BenchConfig, default_patchcore_data
 
     changes: dict[str, Any] = {}
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -83,7 +83,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark, write the results and print a summary; returns the exit code."""
-    from lemo_edge.bench import run_bench, write_results
+    from lemo_edge.runtime.bench.report import write_results
+    from lemo_edge.runtime.bench.run import run_bench
 
     config = config_from_args(args)
     t0 = time.perf_counter()

@@ -1,4 +1,8 @@
-"""``lemo-edge eval``: run a protocol on a dataset and write JSON, a markdown table and plots."""
+"""``lemo-edge eval``: run a protocol on a dataset and write JSON, a markdown table and plots.
+
+In the runtime because ``--backend`` may pick any runtime feature backend (onnxruntime, TensorRT); the protocols
+themselves are the core's (``lemo_edge.evaluate``).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import numpy as np
 
 from lemo_edge.config import ModelConfig
 from lemo_edge.errors import InputError
+from lemo_edge.utils import json_safe
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     grid = result.pop("_grid", None)
     if args.json_out:
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_out).write_text(json.dumps(jsonable(result), indent=2))
+        Path(args.json_out).write_text(json.dumps(json_safe(result), indent=2, allow_nan=False))
     if args.report:
         write_report(result, grid, Path(args.report))
     print(summary_line(result))
@@ -182,18 +187,3 @@ def make_extractor(backend: str, config: ModelConfig, weights: str | None = None
     except ValueError as err:
         raise InputError(str(err)) from err
     return created, created.spec
-
-
-def jsonable(value: Any) -> Any:
-    """Recursively convert numpy values, and inf/nan to None, so the JSON is standard."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

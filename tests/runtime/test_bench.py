@@ -1,4 +1,4 @@
-"""The benchmark harness itself (lemo_edge.bench): timing, statistics, ratios and the results schema.
+"""The benchmark harness itself (lemo_edge.runtime.bench): timing, statistics, ratios and the results schema.
 
 Wall-clock times are never asserted: the timing primitives run on fake clocks, and the one real run is
 a tiny configuration (64 x 64, a few frames, K <= 32) whose results are checked for their shape only.
@@ -6,7 +6,6 @@ a tiny configuration (64 x 64, a few frames, K <= 32) whose results are checked 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -14,11 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-from lemo_edge import bench
-from lemo_edge.bench import (
+from lemo_edge.config import ModelConfig
+from lemo_edge.errors import InputError
+from lemo_edge.runtime import bench
+from lemo_edge.runtime.bench import (
     FRAME,
     STAGES,
     BenchConfig,
+    Timed,
     interleave,
     measure_stages,
     ratio,
@@ -26,8 +28,6 @@ from lemo_edge.bench import (
     scorer_cost,
     summarize,
 )
-from lemo_edge.config import ModelConfig
-from lemo_edge.errors import InputError
 
 
 class FakeClock:
@@ -167,6 +167,28 @@ def test_interleave_alternates_the_order_and_gives_the_right_ratio() -> None:
     assert ratio(times["slow"][FRAME], times["fast"][FRAME])["value"] == pytest.approx(3.0)
 
 
+def test_a_timed_stage_is_recorded_as_its_parts() -> None:
+    clock = FakeClock()
+    received: list[int] = []
+
+    def step(i: int) -> Timed:  # times its own parts, like an Inspector step
+        clock.advance(0.004)
+        return Timed(i + 1, {"score": 1.5, "map": 0.5, "update": 2.0})
+
+    def pre(i: int) -> int:
+        clock.advance(0.001)
+        return i
+
+    stages = [("pre", pre), ("step", step), ("post", lambda x: received.append(x))]
+    times = run_stages(stages, 4, clock=clock)
+    assert times == pytest.approx({"pre": 1.0, "score": 1.5, "map": 0.5, "update": 2.0, "post": 0.0, FRAME: 5.0})
+    assert received == [5]  # the next stage gets the value, not the Timed
+    measured = measure_stages(stages, warmup=1, iters=3, clock=clock)
+    assert set(measured) == {"pre", "score", "map", "update", "post", FRAME} and len(measured["update"]) == 3
+    both = interleave({"a": stages, "b": stages[:1]}, warmup=0, iters=2, clock=clock)
+    assert set(both["a"]) == set(measured) and set(both["b"]) == {"pre", FRAME}
+
+
 # -- costs, memory, environment ---------------------------------------------------------------------------------------
 
 
@@ -221,12 +243,71 @@ def test_config_errors_name_the_field() -> None:
     assert quick.quick and quick.sizes == (256,) and quick.primary_size == 256
 
 
+# -- the pipeline: the Inspector's step --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def torch_backend() -> object:
+    from lemo_edge.backbone import create_feature_extractor
+    from lemo_edge.runtime.backends import TorchFeatureExtractor
+
+    return TorchFeatureExtractor(create_feature_extractor(), "cpu")
+
+
+def _pipeline(backend: object, batch: int = 1, scorer: object = None, **changes: object) -> bench.FramePipeline:
+    frames = bench.JpegFrames(2, source_hw=(48, 64))
+    config = ModelConfig(size=64, memory_size=32).replace(**changes)
+    pipe = bench.FramePipeline(backend, config, scorer, frames, torch.device("cpu"), batch)
+    pipe.prime(pipe.embeddings(bench.JpegFrames(2, source_hw=(48, 64), start=1000)))
+    return pipe
+
+
+def test_the_pipeline_scores_and_learns_through_the_inspector(torch_backend: object) -> None:
+    pipe = _pipeline(torch_backend)
+    memory = pipe.model.memory
+    assert 0 < memory.items.shape[0] <= 32 and memory.coverage_radius > 0  # primed: full, then merged
+    assert (pipe.updates, pipe.observed) == (0, 0)  # priming is not counted
+    assert [name for name, _ in pipe.stages(True)] == ["preprocess", "backbone", "step"]
+
+    features = pipe.backbone(pipe.preprocess(0))
+    _maps, expected = pipe.inspector.score(features)  # the batch scoring of the same memory
+    seen = pipe.updater.stats.seen
+    timed = pipe.step(features)
+    assert set(timed.parts_ms) == {"score", "map", "update"} and all(v >= 0 for v in timed.parts_ms.values())
+    assert pipe.last is not None and pipe.last.score == pytest.approx(float(expected[0]), rel=1e-5)
+    assert pipe.updater.stats.seen == seen + 1 and pipe.observed == 1 and timed.value == int(pipe.last.learned)
+
+    items = memory.items.clone()
+    frozen = pipe.step_frozen(features)
+    assert pipe.last.reason == "frozen" and frozen.value == 0
+    assert pipe.updater.stats.seen == seen + 1 and pipe.observed == 1  # the frozen step never learns
+    assert torch.equal(memory.items, items)
+
+
+def test_a_batch_is_stepped_frame_by_frame(torch_backend: object) -> None:
+    pipe = _pipeline(torch_backend, batch=2)
+    seen = pipe.updater.stats.seen
+    times = run_stages(pipe.stages(True), 0)
+    assert set(times) == {*STAGES, FRAME}
+    assert pipe.updater.stats.seen == seen + 2 and pipe.observed == 2
+
+
+def test_matrix_scorers_reach_the_memory(torch_backend: object) -> None:
+    from lemo_edge.runtime.scorers import TorchMemoryScorer
+
+    scorer = TorchMemoryScorer(3)
+    assert _pipeline(torch_backend, scorer=scorer).model.memory.scorer is scorer
+    ivf = bench.index_search(3, lists=4, probe=2)
+    memory = _pipeline(torch_backend, scorer=ivf.scorer, **ivf.config_changes).model.memory
+    assert ivf.scorer is None and memory.scorer is None and memory.index is not None  # searches by its index
+
+
 # -- CLI --------------------------------------------------------------------------------------------------------------
 
 
 def test_cli_registers_bench_and_builds_the_quick_config(tmp_path: Path) -> None:
-    from lemo_edge.bench_cli import config_from_args, run
-    from lemo_edge.cli import build_parser
+    from lemo_edge.runtime.bench.cli import config_from_args, run
+    from lemo_edge.runtime.main import build_parser
 
     args = build_parser().parse_args(
         ["bench", "--quick", "--json", str(tmp_path / "b.json"), "--device", "cpu", "--threads", "1"]
@@ -241,7 +322,7 @@ def test_cli_registers_bench_and_builds_the_quick_config(tmp_path: Path) -> None
 
 
 def test_cli_rejects_a_bad_device() -> None:
-    from lemo_edge.cli import main
+    from lemo_edge.runtime.main import main
 
     with pytest.raises(SystemExit) as exc:
         main(["bench", "--device", "tpu"])
@@ -298,8 +379,7 @@ def test_tiny_bench_writes_the_results_schema(tmp_path: Path) -> None:
     assert {"cpu_model", "usable_cpus", "versions"} <= set(env) and "torch" in env["versions"]
     assert len(data["load_average"]["start"]) == 3 and data["threads"]["torch"] == 1
 
-    has_ort = importlib.util.find_spec("onnxruntime") is not None
-    backends = {"torch", "onnxruntime"} if has_ort else {"torch"}
+    backends = {"torch", "onnxruntime"}  # onnxruntime is a hard dependency
     assert set(data["per_backend"]) == backends
     for stages in data["per_backend"].values():
         assert set(stages) == {*STAGES, FRAME}
@@ -309,7 +389,7 @@ def test_tiny_bench_writes_the_results_schema(tmp_path: Path) -> None:
         assert entry["fps"] > 0 and entry["peak_host_mb"] > 0
     assert {(e["backend"], e["batch"]) for e in data["matrix"]} == {(b, n) for b in backends for n in (1, 2)}
 
-    required = {"lemo_vs_patchcore_frame", "update_overhead"} | ({"ort_vs_torch_backbone"} if has_ort else set())
+    required = {"lemo_vs_patchcore_frame", "update_overhead", "ort_vs_torch_backbone"}
     assert required <= set(data["ratios"])
     assert set(data["ratios_doc"]) == set(data["ratios"])
     assert all(v > 0 for v in data["ratios"].values())

@@ -1,0 +1,169 @@
+"""ModelConfig: every field's type and range is checked, and the message names the field, its range and the value."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+
+from lemo_edge.config import FIELD_RULES, ModelConfig
+from lemo_edge.errors import InputError
+
+# One out-of-range value per field, with the range the message must state.
+OUT_OF_RANGE: list[tuple[str, object, str]] = [
+    ("backbone", "", "a non-empty timm model name"),
+    ("size", 0, "a positive multiple of 32"),
+    ("size", 100, "a positive multiple of 32"),
+    ("method", "patchcore", "one of ['coreset', 'lemo']"),
+    ("memory_size", 0, "1..65536"),
+    ("memory_size", 65537, "1..65536"),
+    ("embed_dim", -1, "an integer >= 0"),
+    ("score_k", 0, "an integer >= 1"),
+    ("sigma", -0.5, "a finite number >= 0"),
+    ("position_window", 0, "an integer >= 1"),
+    ("insert_per_image", 0, "an integer >= 1"),
+    ("merge_slack", 0.0, "a fraction in (0, 1)"),
+    ("merge_slack", 1.0, "a fraction in (0, 1)"),
+    ("ivf_lists", -1, "an integer >= 0"),
+    ("steps_per_image", 0, "an integer >= 1"),
+    ("lr_memory", -1e-3, "a finite number >= 0"),
+    ("lr_adapter", -1e-3, "a finite number >= 0"),
+    ("tau", 0.0, "a finite number > 0"),
+    ("q", 0, "an integer >= 1"),
+    ("margin", 0.0, "null or a finite number > 0"),
+    ("loss_sign", "negated", "one of ['fixed', 'paper']"),
+    ("compactness", -1.0, "a finite number >= 0"),
+    ("reseed_after", -1, "an integer >= 0"),
+    ("refresh_every", -1, "an integer >= 0"),
+    ("refresh_min_patches", -1, "an integer >= 0"),
+    ("warmup", -1, "an integer >= 0"),
+    ("threshold_k", -1.0, "a finite number >= 0"),
+    ("seed", -1, "an integer in [0, 9223372036854775807]"),
+    ("seed", 2**63, "an integer in [0, 9223372036854775807]"),
+]
+
+# One value of the wrong type per field (bools are not ints, floats are not ints, ints are not bools, ...).
+WRONG_TYPE: list[tuple[str, object]] = [
+    ("backbone", 3),
+    ("size", 256.0),
+    ("method", 1),
+    ("memory_size", True),
+    ("embed_dim", 1.5),
+    ("score_k", 3.0),
+    ("sigma", "4"),
+    ("position_norm", 1),
+    ("position_window", 64.0),
+    ("insert_per_image", False),
+    ("merge_slack", True),
+    ("ivf_lists", 0.0),
+    ("ivf_probe", 8.0),
+    ("adapter", "yes"),
+    ("steps_per_image", 1.0),
+    ("lr_memory", None),
+    ("lr_adapter", "0.1"),
+    ("tau", True),
+    ("q", 1.0),
+    ("margin", "1"),
+    ("loss_sign", None),
+    ("compactness", [1.0]),
+    ("reseed_after", 8.0),
+    ("refresh_every", None),
+    ("refresh_min_patches", 2.5),
+    ("gate", 0),
+    ("warmup", 16.0),
+    ("threshold_k", "5"),
+    ("seed", 0.0),
+]
+
+NON_FINITE = [name for name, rule in FIELD_RULES.items() if rule.kind is float]
+
+
+def test_default_config_is_valid_and_round_trips():
+    config = ModelConfig()
+    assert ModelConfig.from_dict(json.loads(config.to_json())) == config
+
+
+def test_every_field_has_a_rule_and_a_bad_value_here():
+    fields = {f.name for f in dataclasses.fields(ModelConfig)} - {"extra"}
+    assert set(FIELD_RULES) == fields
+    assert {name for name, _, _ in OUT_OF_RANGE} | {"position_norm", "adapter", "gate", "ivf_probe"} == fields
+    assert {name for name, _ in WRONG_TYPE} == fields
+
+
+@pytest.mark.parametrize(("name", "value", "expected"), OUT_OF_RANGE, ids=lambda v: str(v)[:20])
+def test_out_of_range_value_is_named(name, value, expected):
+    message = f"{name}: expected {expected}, got {value!r}"
+    with pytest.raises(InputError, match=f"^{re.escape(message)}$"):
+        ModelConfig().replace(**{name: value})
+
+
+@pytest.mark.parametrize(("name", "value"), WRONG_TYPE, ids=lambda v: str(v)[:20])
+def test_wrong_type_is_named_with_the_type(name, value):
+    expected = FIELD_RULES[name].expected
+    message = f"{name}: expected {expected}, got {value!r} ({type(value).__name__})"
+    with pytest.raises(InputError, match=f"^{re.escape(message)}$"):
+        ModelConfig().replace(**{name: value})
+
+
+@pytest.mark.parametrize("name", NON_FINITE)
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_float_fields_must_be_finite(name, value):
+    with pytest.raises(InputError, match=f"^{re.escape(name)}: expected .*, got {value!r}$"):
+        ModelConfig().replace(**{name: value})
+
+
+def test_position_window_zero_no_longer_reaches_the_update():
+    with pytest.raises(InputError, match=r"^position_window: expected an integer >= 1, got 0$"):
+        ModelConfig(position_window=0)
+
+
+@pytest.mark.parametrize(
+    ("lists", "probe"),
+    [(4, 0), (4, 5), (0, 0)],
+)
+def test_ivf_probe_is_checked_against_ivf_lists(lists, probe):
+    message = (
+        f"ivf: expected ivf_lists >= 0 and 1 <= ivf_probe <= ivf_lists, got ivf_lists={lists} and ivf_probe={probe}"
+    )
+    with pytest.raises(InputError, match=f"^{re.escape(message)}$"):
+        ModelConfig(ivf_lists=lists, ivf_probe=probe)
+    assert ModelConfig(ivf_lists=4, ivf_probe=4).ivf_probe == 4
+
+
+def test_extra_must_be_a_dict_with_string_keys():
+    with pytest.raises(InputError, match=r"^extra: expected a dict with string keys, got \[\]$"):
+        ModelConfig(extra=[])  # type: ignore[arg-type]
+    with pytest.raises(InputError, match=r"^extra: expected a dict with string keys, got \{1: 2\}$"):
+        ModelConfig(extra={1: 2})  # type: ignore[dict-item]
+
+
+def test_numbers_are_normalised():
+    config = ModelConfig(sigma=4, tau=1, margin=2, size=np.int64(64), score_k=np.int32(2))
+    assert type(config.sigma) is float and type(config.tau) is float and type(config.margin) is float
+    assert type(config.size) is int and config.size == 64 and type(config.score_k) is int
+    assert config == ModelConfig(sigma=4.0, tau=1.0, margin=2.0, size=64, score_k=2)
+    assert json.loads(config.to_json())["sigma"] == 4.0
+
+
+def test_boundary_values_are_accepted():
+    ModelConfig(
+        embed_dim=0,
+        sigma=0.0,
+        lr_memory=0.0,
+        lr_adapter=0.0,
+        compactness=0.0,
+        reseed_after=0,
+        refresh_every=0,
+        refresh_min_patches=0,
+        warmup=0,
+        threshold_k=0.0,
+        seed=2**63 - 1,
+        memory_size=65536,
+        size=32,
+        margin=1e-9,
+        merge_slack=0.999,
+    )
