@@ -69,7 +69,8 @@ class OnlineUpdater:
         self.model = model
         self.config: ModelConfig = model.config
         self.threshold = threshold or OnlineThreshold(k=self.config.threshold_k)
-        self.stats = UpdateStats()
+        self._stats = UpdateStats()
+        self._last_loss: torch.Tensor | None = None
         params = []
         if self.config.adapter:
             params.append({"params": list(model.adapter.parameters()), "lr": self.config.lr_adapter})
@@ -77,6 +78,18 @@ class OnlineUpdater:
             params.append({"params": [model.memory.weight], "lr": self.config.lr_memory, "weight_decay": 0.0})
         self.optimizer = torch.optim.AdamW(params) if params else None
         self._margin: float | None = None
+
+    @property
+    def stats(self) -> UpdateStats:
+        """Counters of the online learning so far (reading them reads the last loss from the device)."""
+        if self._last_loss is not None:
+            self._stats.last_loss = float(self._last_loss)
+            self._last_loss = None
+        return self._stats
+
+    @stats.setter
+    def stats(self, value: UpdateStats) -> None:
+        self._stats, self._last_loss = value, None
 
     def decide(self, image_score: float, finite: bool = True, force: bool = False) -> tuple[bool, str]:
         """The gate: learn from an image with this score? Returns ``(accept, reason)``.
@@ -92,7 +105,7 @@ class OnlineUpdater:
             return True, REASON_FORCED
         if not self.config.gate:
             return True, REASON_GATE_OFF
-        if self.stats.seen < self.config.warmup:
+        if self._stats.seen < self.config.warmup:
             return True, REASON_WARMUP
         if self.threshold.is_anomalous(image_score):
             return False, REASON_ABOVE
@@ -114,9 +127,9 @@ class OnlineUpdater:
             The :class:`Observation`; a refused frame leaves threshold, normalisation and memory unchanged.
         """
         accept, reason = self.decide(image_score, finite, force)
-        self.stats.seen += 1
+        self._stats.seen += 1
         if not accept:
-            self.stats.rejected += 1
+            self._stats.rejected += 1
             return Observation(False, reason, 0)
         norm = self.model.position_norm
         covered = self.model.memory.items.shape[0] > 0  # else every raw score is inf (an empty memory)
@@ -125,7 +138,7 @@ class OnlineUpdater:
         if norm is not None and covered:
             norm.update(scores.raw[0])
         inserted = self.learn(features, scores)
-        self.stats.updates += 1
+        self._stats.updates += 1
         return Observation(True, reason, inserted)
 
     def learn(self, features: torch.Tensor, scores: Scores) -> int:
@@ -135,7 +148,7 @@ class OnlineUpdater:
         z = scores.embeddings[0].detach()
         if isinstance(memory, CoresetMemory):
             inserted = memory.insert(z, scores.nearest.nearest_distance)
-            self.stats.inserted += inserted
+            self._stats.inserted += inserted
             if self.optimizer is not None:
                 self._gradient_steps(features)
             return inserted
@@ -145,9 +158,9 @@ class OnlineUpdater:
         reseeded = 0
         if self.config.reseed_after > 0:
             reseeded = memory.reseed(z, scores.nearest.nearest_distance, self.config.reseed_after)
-            self.stats.reseeded += reseeded
+            self._stats.reseeded += reseeded
         if self.config.refresh_every > 0 and memory.steps % self.config.refresh_every == 0:
-            self.stats.refreshed += memory.refresh(z, self.config.refresh_min_patches)
+            self._stats.refreshed += memory.refresh(z, self.config.refresh_min_patches)
         return reseeded
 
     def _gradient_steps(self, features: torch.Tensor) -> None:
@@ -167,4 +180,4 @@ class OnlineUpdater:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            self.stats.last_loss = float(loss.detach())
+            self._last_loss = loss.detach()  # read when the stats are (no host sync per step)
