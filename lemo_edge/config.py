@@ -14,6 +14,7 @@ from lemo_edge.errors import InputError
 
 METHODS = ("coreset", "lemo")
 LOSS_SIGNS = ("fixed", "paper")
+ADMISSIONS = ("recurrence", "coverage")
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,14 @@ class ModelConfig:
         merge_slack: (coreset) when K is exceeded, merge down to ``(1 - merge_slack) * K`` items:
             small values merge a little on most images instead of much every few images (same
             accuracy, a far lower p99 of the update; docs/method.md section 7).
+        admission: (coreset) ``"recurrence"``: an image's least-covered patches wait in a pending pool
+            (searched, so usable for scoring) and enter the memory only once patches of
+            ``confirm_images`` later learned images came nearer to them than they were to the memory;
+            unconfirmed ones expire after ``pending_ttl`` learned images (docs/method.md section 8);
+            ``"coverage"``: they enter at once (the rule before the pool; learns the defects it sees).
+        pending_size: (coreset, recurrence) rows of K reserved for the pending pool; 0: K / 8.
+        confirm_images: (coreset, recurrence) later images whose patches must recur near a pending item.
+        pending_ttl: (coreset, recurrence) learned images a pending item waits before it expires.
         ivf_lists: (coreset) split the memory into this many k-means cells and let each patch search
             only ``ivf_probe`` of them (approximate, faster; lemo_edge.ivf); 0: exact search.
         ivf_probe: cells searched per patch when ``ivf_lists`` > 0.
@@ -70,6 +79,10 @@ class ModelConfig:
     position_window: int = 64
     insert_per_image: int = 64
     merge_slack: float = 0.01
+    admission: str = "coverage"
+    pending_size: int = 0
+    confirm_images: int = 2
+    pending_ttl: int = 32
     ivf_lists: int = 0
     ivf_probe: int = 8
     adapter: bool = False
@@ -104,8 +117,23 @@ class ModelConfig:
                 "ivf: expected ivf_lists >= 0 and 1 <= ivf_probe <= ivf_lists, "
                 f"got ivf_lists={self.ivf_lists} and ivf_probe={self.ivf_probe}"
             )
+        if self.method == "coreset" and self.admission == "recurrence":
+            if self.pending_size and not 1 <= self.pending_size < self.memory_size:
+                raise InputError(
+                    f"pending_size: expected 1..memory_size-1 ({self.memory_size - 1}) with admission "
+                    f"'recurrence', got {self.pending_size}"
+                )
+            if self.ivf_lists:
+                raise InputError("ivf_lists: expected 0 with admission 'recurrence' (the index follows appends only)")
         if not isinstance(self.extra, dict) or not all(isinstance(k, str) for k in self.extra):
             raise InputError(f"extra: expected a dict with string keys, got {self.extra!r}")
+
+    @property
+    def pending_rows(self) -> int:
+        """Rows of K the pending pool holds (``pending_size``, or K / 8 when it is 0; 0 without recurrence)."""
+        if self.method != "coreset" or self.admission != "recurrence":
+            return 0
+        return self.pending_size or max(1, self.memory_size // 8)
 
     def replace(self, **changes: Any) -> ModelConfig:
         """Return a copy with ``changes`` applied (validated); unknown names raise InputError."""
@@ -204,6 +232,10 @@ FIELD_RULES: dict[str, FieldRule] = {
     "position_window": _int(1),
     "insert_per_image": _int(1),
     "merge_slack": FieldRule(float, "a fraction in (0, 1)", lambda v: 0.0 < v < 1.0),
+    "admission": FieldRule(str, f"one of {list(ADMISSIONS)}", lambda v: v in ADMISSIONS),
+    "pending_size": _int(0),
+    "confirm_images": _int(1),
+    "pending_ttl": _int(1),
     "ivf_lists": _int(0),
     "ivf_probe": FieldRule(int, "an integer >= 1"),  # its range (1..ivf_lists) is checked with ivf_lists
     "adapter": FieldRule(bool, "a bool"),

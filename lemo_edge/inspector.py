@@ -94,17 +94,18 @@ class Inspector:
         if features.shape[0] != 1 or features.device != self.device:
             raise InputError(f"features: expected one frame on {self.device}, got {describe(features)}")
 
-    def step(self, features: torch.Tensor, force: bool = False) -> FrameOutcome:
+    def step(self, features: torch.Tensor, force: bool = False, tag: int = -1) -> FrameOutcome:
         """Score one frame, decide, and learn from it if the gate accepts it: :meth:`assess` then :meth:`commit`.
 
         Args:
             features: ``(1, D, h, w) float`` backbone features on the model's device (see :meth:`check`).
             force: learn regardless of the gate (offline training); a non-finite frame is never learned.
+            tag: the frame's provenance (e.g. its stream position) for contamination bookkeeping.
 
         Returns:
             The :class:`FrameOutcome`.
         """
-        return self.commit(self.assess(features), force=force)
+        return self.commit(self.assess(features), force=force, tag=tag)
 
     def assess(self, features: torch.Tensor) -> FrameOutcome:
         """Score one frame and judge it, without learning (``learned`` false, ``reason`` empty).
@@ -142,12 +143,13 @@ class Inspector:
             timer=timer,
         )
 
-    def commit(self, outcome: FrameOutcome, force: bool = False) -> FrameOutcome:
+    def commit(self, outcome: FrameOutcome, force: bool = False, tag: int = -1) -> FrameOutcome:
         """The gated online update of an assessed frame; returns the outcome with what was learned.
 
         Args:
             outcome: what :meth:`assess` returned for the frame, not committed before.
             force: learn regardless of the gate; a non-finite frame is never learned.
+            tag: the frame's provenance (see :meth:`step`).
         """
         if outcome.scores is None or outcome.features is None:
             raise InputError("commit: expected an outcome of assess() not committed yet")
@@ -155,7 +157,7 @@ class Inspector:
             observation = Observation(False, REASON_NOT_FINITE if not outcome.finite else REASON_FROZEN, 0)
         else:
             observation = self.updater.observe(
-                outcome.features, outcome.scores, outcome.score, force=force, finite=outcome.finite
+                outcome.features, outcome.scores, outcome.score, force=force, finite=outcome.finite, tag=tag
             )
         if outcome.timer is not None:
             outcome.timer.mark("update")

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lemo_edge.config import ADMISSIONS
 from lemo_edge.errors import InputError, describe
 from lemo_edge.ivf import InvertedIndex
 from lemo_edge.scoring import Nearest, Scorer, nearest_memory, squared_distances
@@ -41,16 +42,35 @@ def orthogonal_noise(k: int, d: int, scale: float = 1.0, generator: torch.Genera
 
 
 class CoresetMemory(nn.Module):
-    """Streaming k-center memory of at most K items.
+    """Streaming k-center memory of at most K items, with an optional pending pool for admission.
 
-    Buffers: ``bank (K, D) float32``, ``count () int64`` (valid rows), ``radius () float32``. The count and
-    the radius are mirrored as Python numbers (:attr:`size`, :attr:`coverage_radius`), so the hot path never
-    reads them back from the device; the buffers are written alongside for saving.
+    Confirmed items occupy rows ``[0, size)`` of the bank; with ``admission="recurrence"``, pending items
+    (patches that were new to the memory and wait for evidence that they recur) follow in rows
+    ``[size, size + pending)``. Both are searched (a rare normal pattern is usable for scoring while it
+    waits), at most ``capacity - pending_capacity`` items are confirmed, so the memory never holds more
+    than K rows. A pending item is confirmed once patches of ``confirm`` later learned images had it as
+    their nearest item, nearer than it was itself to the memory when it arrived; it expires unconfirmed
+    after ``ttl`` learned images. A defect's patches are the least-covered of their image, so they are
+    what farthest-first picks; they seldom recur in the images judged normal, so they expire instead of
+    entering the memory (docs/method.md section 8). ``admission="coverage"`` inserts directly (the rule
+    before the pending pool).
+
+    Buffers (all saved): ``bank (K, D) float32``, ``count () int64`` (confirmed rows), ``radius () float32``,
+    ``tags (K,) int64`` (provenance of each row, -1 unknown), and for the pool ``pending_count () int64``,
+    ``birth (K,) int64``, ``support (K,) int64``, ``novelty (K,) float32`` (indexed by pending row), ``clock ()
+    int64`` (learned images). Counts, radius and clock are mirrored as Python numbers (:attr:`size`,
+    :attr:`pending`, :attr:`coverage_radius`, :attr:`learned`), so the hot path never reads them back.
     """
 
     bank: torch.Tensor
     count: torch.Tensor
     radius: torch.Tensor
+    tags: torch.Tensor
+    pending_count: torch.Tensor
+    birth: torch.Tensor
+    support: torch.Tensor
+    novelty: torch.Tensor
+    clock: torch.Tensor
 
     def __init__(
         self,
@@ -59,37 +79,81 @@ class CoresetMemory(nn.Module):
         insert_per_image: int = 64,
         slack: float = 0.01,
         index: InvertedIndex | None = None,
+        admission: str = "coverage",
+        pending_capacity: int = 0,
+        confirm: int = 2,
+        ttl: int = 32,
     ) -> None:
         super().__init__()
+        if admission not in ADMISSIONS:
+            raise InputError(f"admission: expected one of {list(ADMISSIONS)}, got {admission!r}")
+        if admission == "recurrence" and not 1 <= pending_capacity < capacity:
+            raise InputError(f"pending_capacity: expected 1..{capacity - 1} with recurrence, got {pending_capacity}")
+        if admission == "recurrence" and index is not None:
+            raise InputError("ivf: expected admission='coverage' with an inverted index (it follows appends only)")
         self.index = index  # approximate search (lemo_edge.ivf); None: exact
         self.scorer: Scorer | None = None
+        self.admission = admission
         self.capacity = capacity
+        self.pending_capacity = pending_capacity if admission == "recurrence" else 0
+        self.confirmed_capacity = capacity - self.pending_capacity
         self.insert_per_image = insert_per_image
         self.slack = slack
+        self.confirm = confirm
+        self.ttl = ttl
         self.register_buffer("bank", torch.zeros(capacity, dim))
         self.register_buffer("count", torch.zeros((), dtype=torch.int64))
         self.register_buffer("radius", torch.zeros(()))
+        self.register_buffer("tags", torch.full((capacity,), -1, dtype=torch.int64))
+        self.register_buffer("pending_count", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("birth", torch.zeros(capacity, dtype=torch.int64))
+        self.register_buffer("support", torch.zeros(capacity, dtype=torch.int64))
+        self.register_buffer("novelty", torch.zeros(capacity))
+        self.register_buffer("clock", torch.zeros((), dtype=torch.int64))
         self.size = 0
+        self.pending = 0
+        self.learned = 0
         self.coverage_radius = 0.0
         # nearest other item of each of the first n items, kept from the last merge (not saved)
         self._nn: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._admitted: list[torch.Tensor] = []
 
     @property
     def items(self) -> torch.Tensor:
-        """``(n, D) float32``: the valid items (n <= K)."""
+        """``(n, D) float32``: the rows searched, confirmed then pending (n <= K)."""
+        return self.bank[: self.size + self.pending]
+
+    @property
+    def confirmed(self) -> torch.Tensor:
+        """``(size, D) float32``: the confirmed items."""
         return self.bank[: self.size]
 
     def _set_size(self, n: int) -> None:
         self.size = n
         self.count.fill_(n)
 
+    def _set_pending(self, n: int) -> None:
+        self.pending = n
+        self.pending_count.fill_(n)
+
+    def pop_admitted(self) -> torch.Tensor:
+        """Tags ``(m,) int64`` of the rows confirmed since the last call (for contamination metrics)."""
+        out = torch.cat(self._admitted) if self._admitted else torch.zeros(0, dtype=torch.int64)
+        self._admitted = []
+        return out
+
     @torch.no_grad()
     def replace_items(self, items: torch.Tensor) -> None:
-        """Make ``items (n, D)`` (n <= K) the memory's items, e.g. to remove some; the radius stays."""
-        if items.ndim != 2 or items.shape[1] != self.bank.shape[1] or items.shape[0] > self.capacity:
-            raise InputError(f"items: expected (n <= {self.capacity}, {self.bank.shape[1]}), got {describe(items)}")
+        """Make ``items (n, D)`` (n <= confirmed capacity) the confirmed items, e.g. to remove some; the
+        radius stays, the pending pool is emptied, the tags are forgotten."""
+        if items.ndim != 2 or items.shape[1] != self.bank.shape[1] or items.shape[0] > self.confirmed_capacity:
+            raise InputError(
+                f"items: expected (n <= {self.confirmed_capacity}, {self.bank.shape[1]}), got {describe(items)}"
+            )
         self.bank[: items.shape[0]] = items
+        self.tags.fill_(-1)
         self._set_size(items.shape[0])
+        self._set_pending(0)
         self._forget_derived()
 
     def _forget_derived(self) -> None:
@@ -109,36 +173,96 @@ class CoresetMemory(nn.Module):
         return self.index.search(z, self.items, k)
 
     @torch.no_grad()
-    def insert(self, z: torch.Tensor, nearest: torch.Tensor) -> int:
-        """Insert an image's least-covered patches; returns how many were inserted.
-
-        Farthest-first over the patches farther than the coverage radius: a fixed number of steps on the
-        device and one read of the chosen distances at the end (no per-patch host reads).
+    def insert(self, z: torch.Tensor, nearest: torch.Tensor, index: torch.Tensor | None = None, tag: int = -1) -> int:
+        """Learn from one image's patches; returns how many became confirmed or pending items.
 
         Args:
             z: ``(P, D) float32`` embeddings of one image's patches, on the memory's device.
-            nearest: ``(P,) float32`` distance of each patch to its nearest item (``inf`` when
-                the memory is empty); scoring computed it already, so it is not recomputed.
+            nearest: ``(P,) float32`` distance of each patch to its nearest row of :attr:`items` (``inf``
+                when the memory is empty); scoring computed it already, so it is not recomputed.
+            index: ``(P,) int64`` that nearest row (needed for recurrence evidence; ``None``: no evidence).
+            tag: provenance of the image (e.g. its stream position); row tags are ``tag * P + patch``.
         """
-        if z.ndim != 2 or nearest.shape != z.shape[:1]:
-            raise InputError(f"insert: expected z (P, D) and nearest (P,), got {describe(z)} and {describe(nearest)}")
-        chosen = farthest_first(z, nearest if self.size else None, self.insert_per_image, self.coverage_radius)
-        if chosen.numel() == 0:
-            return 0
+        if z.ndim != 2 or nearest.shape != z.shape[:1] or (index is not None and index.shape != nearest.shape):
+            raise InputError(
+                f"insert: expected z (P, D) and nearest (P,), got {describe(z)} and {describe(nearest)}"
+                + (f" and index {describe(index)}" if index is not None else "")
+            )
+        self.learned += 1
+        self.clock.fill_(self.learned)
+        empty = self.size + self.pending == 0
+        chosen = farthest_first(z, None if empty else nearest, self.insert_per_image, self.coverage_radius)
         new = z[chosen].float()
-        count = self.size
-        if count + new.shape[0] <= self.capacity:
-            self.bank[count : count + new.shape[0]] = new
-            self._set_size(count + new.shape[0])
-        else:
-            items = self._grow_radius_and_merge(torch.cat([self.items, new]))
-            self.bank[: items.shape[0]] = items
-            self._set_size(items.shape[0])
-            if self.index is not None:
-                self.index.note_merge()
+        tags = tag * z.shape[0] + chosen if tag >= 0 else torch.full_like(chosen, -1)
+        if self.admission == "coverage":
+            self._confirm_rows(new, tags)
+            return int(chosen.numel())
+        self._admit_pending(nearest, index, new, tags, None if empty else nearest[chosen].float())
         return int(chosen.numel())
 
-    def _grow_radius_and_merge(self, items: torch.Tensor) -> torch.Tensor:
+    def _admit_pending(
+        self,
+        nearest: torch.Tensor,
+        index: torch.Tensor | None,
+        new: torch.Tensor,
+        new_tags: torch.Tensor,
+        new_novelty: torch.Tensor | None,
+    ) -> None:
+        """Gather recurrence evidence for the pending rows, confirm or expire them, add ``new`` as pending."""
+        device = self.bank.device
+        n, start = self.pending, self.size
+        rows = slice(start, start + n)
+        pend, pend_tags = self.bank[rows].clone(), self.tags[rows].clone()
+        birth, support, novelty = self.birth[:n].clone(), self.support[:n].clone(), self.novelty[:n].clone()
+        if n and index is not None:
+            slot = index - start
+            is_pending = (slot >= 0) & (slot < n)
+            slot = slot.clamp(0, max(n - 1, 0))
+            hit = is_pending & (nearest.float() < novelty[slot])
+            seen = torch.zeros(n, dtype=torch.bool, device=device)
+            seen[slot[hit]] = True  # one piece of evidence per image and pending row
+            support += seen.long()
+        confirm = support >= self.confirm
+        keep = ~confirm & (self.learned - birth <= self.ttl)
+        if n:
+            self._confirm_rows(pend[confirm], pend_tags[confirm])
+        count = new.shape[0]
+        fresh_novelty = torch.full((count,), math.inf, device=device) if new_novelty is None else new_novelty.to(device)
+        pend = torch.cat([pend[keep], new])
+        pend_tags = torch.cat([pend_tags[keep], new_tags])
+        birth = torch.cat([birth[keep], torch.full((count,), self.learned, dtype=torch.int64, device=device)])
+        support = torch.cat([support[keep], torch.zeros(count, dtype=torch.int64, device=device)])
+        novelty = torch.cat([novelty[keep], fresh_novelty])
+        over = pend.shape[0] - self.pending_capacity
+        if over > 0:  # the oldest pending rows make room (they are the nearest to expiring)
+            pend, pend_tags, birth, support, novelty = (t[over:] for t in (pend, pend_tags, birth, support, novelty))
+        m = pend.shape[0]
+        self.bank[self.size : self.size + m] = pend
+        self.tags[self.size : self.size + m] = pend_tags
+        self.birth[:m], self.support[:m], self.novelty[:m] = birth, support, novelty
+        self._set_pending(m)
+
+    def _confirm_rows(self, new: torch.Tensor, tags: torch.Tensor) -> None:
+        """Append ``new (m, D)`` rows with their ``tags (m,)`` to the confirmed items, merging past capacity."""
+        if new.shape[0] == 0:
+            return
+        if tags.numel() and bool((tags >= 0).any()):
+            self._admitted.append(tags[tags >= 0].cpu())
+        count = self.size
+        if count + new.shape[0] <= self.confirmed_capacity:
+            self.bank[count : count + new.shape[0]] = new
+            self.tags[count : count + new.shape[0]] = tags
+            self._set_size(count + new.shape[0])
+            return
+        items, kept = self._grow_radius_and_merge(torch.cat([self.confirmed, new]))
+        all_tags = torch.cat([self.tags[:count], tags])
+        self.bank[: items.shape[0]] = items
+        self.tags[: items.shape[0]] = all_tags[kept]
+        self._set_size(items.shape[0])
+        if self.index is not None:
+            self.index.note_merge()
+
+    def _grow_radius_and_merge(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Drop the most redundant items until ``(1 - slack) * K`` remain; raise the radius.
 
         Pairs (an item and its nearest other item) are taken by increasing distance; of each pair the
@@ -148,11 +272,15 @@ class CoresetMemory(nn.Module):
         follow until ``(1 - slack) * K`` items remain. The radius becomes the largest distance of a pair
         merged so far (it never shrinks), so later insertions only add patches farther than that from
         every item. Vectorised: a few host reads per round, none per pair.
+
+        Returns:
+            The kept items ``(n, D)`` and their rows ``(n,) int64`` in ``items``.
         """
-        target = int(self.capacity * (1.0 - self.slack))
+        target = int(self.confirmed_capacity * (1.0 - self.slack))
         device = items.device
         radius = torch.tensor(self.coverage_radius, device=device)
         nn_dist, nn_index = self._nearest_others(items)
+        origin = torch.arange(items.shape[0], device=device)
         n = items.shape[0]
         while n > target:
             need = n - target
@@ -170,6 +298,7 @@ class CoresetMemory(nn.Module):
             new_index = torch.cumsum(kept, 0) - 1
             orphans = dropped[nn_index][kept]  # kept items whose nearest other was dropped
             items, nn_dist, nn_index = items[kept], nn_dist[kept], new_index[nn_index[kept]]
+            origin = origin[kept]
             n = items.shape[0]
             rows = torch.nonzero(orphans).flatten()
             if rows.numel():
@@ -177,7 +306,7 @@ class CoresetMemory(nn.Module):
         self._nn = (nn_dist, nn_index)
         self.coverage_radius = float(radius)
         self.radius.fill_(self.coverage_radius)
-        return items
+        return items, origin
 
     def _nearest_others(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """:func:`nearest_other` of ``items`` (the current items followed by new ones), reusing the
@@ -207,7 +336,8 @@ class CoresetMemory(nn.Module):
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         self._forget_derived()  # the loaded items are not the ones they were computed for
         super()._load_from_state_dict(*args, **kwargs)
-        self.size = int(self.count)  # one read at load time; the mirrors follow the loaded buffers
+        # one read at load time; the mirrors follow the loaded buffers
+        self.size, self.pending, self.learned = int(self.count), int(self.pending_count), int(self.clock)
         self.coverage_radius = float(self.radius)
 
 

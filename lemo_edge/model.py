@@ -127,7 +127,17 @@ class LemoModel(nn.Module):
         self.memory: CoresetMemory | LearnedMemory
         if config.method == "coreset":
             index = InvertedIndex(config.ivf_lists, config.ivf_probe, seed=config.seed) if config.ivf_lists else None
-            self.memory = CoresetMemory(config.memory_size, dim, config.insert_per_image, config.merge_slack, index)
+            self.memory = CoresetMemory(
+                config.memory_size,
+                dim,
+                config.insert_per_image,
+                config.merge_slack,
+                index,
+                admission=config.admission,
+                pending_capacity=config.pending_rows,
+                confirm=config.confirm_images,
+                ttl=config.pending_ttl,
+            )
         else:
             scale = float(config.extra.get("init_scale", 1.0))
             self.memory = LearnedMemory(config.memory_size, dim, scale=scale, seed=config.seed)

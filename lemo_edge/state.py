@@ -27,7 +27,7 @@ from lemo_edge.threshold import OnlineThreshold
 from lemo_edge.updater import OnlineUpdater, UpdateStats
 from lemo_edge.utils import write_atomic
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the coreset memory gained tags and a pending pool
 STATE_FILE = "state.safetensors"
 
 

@@ -112,7 +112,13 @@ class OnlineUpdater:
         return True, REASON_BELOW
 
     def observe(
-        self, features: torch.Tensor, scores: Scores, image_score: float, force: bool = False, finite: bool = True
+        self,
+        features: torch.Tensor,
+        scores: Scores,
+        image_score: float,
+        force: bool = False,
+        finite: bool = True,
+        tag: int = -1,
     ) -> Observation:
         """Decide on one already scored image and learn from it if accepted.
 
@@ -122,6 +128,7 @@ class OnlineUpdater:
             image_score: the image's score (max of its smoothed map).
             force: learn regardless of the gate (offline training); never a non-finite frame.
             finite: whether the image's embeddings and patch scores are all finite.
+            tag: the image's provenance for the memory's contamination bookkeeping (-1: none).
 
         Returns:
             The :class:`Observation`; a refused frame leaves threshold, normalisation and memory unchanged.
@@ -137,17 +144,18 @@ class OnlineUpdater:
             self.threshold.update(image_score)
         if norm is not None and covered:
             norm.update(scores.raw[0])
-        inserted = self.learn(features, scores)
+        inserted = self.learn(features, scores, tag)
         self._stats.updates += 1
         return Observation(True, reason, inserted)
 
-    def learn(self, features: torch.Tensor, scores: Scores) -> int:
+    def learn(self, features: torch.Tensor, scores: Scores, tag: int = -1) -> int:
         """One online update from a single image's features (batch of 1); returns the patches that
-        became memory items (inserted or re-seeded)."""
+        became memory items (inserted, pending or re-seeded). ``tag``: the image's provenance (see
+        :meth:`CoresetMemory.insert`)."""
         memory = self.model.memory
         z = scores.embeddings[0].detach()
         if isinstance(memory, CoresetMemory):
-            inserted = memory.insert(z, scores.nearest.nearest_distance)
+            inserted = memory.insert(z, scores.nearest.nearest_distance, scores.nearest.index, tag)
             self._stats.inserted += inserted
             if self.optimizer is not None:
                 self._gradient_steps(features)

@@ -192,8 +192,9 @@ class FramePipeline:
     def prime(self, pool: torch.Tensor, seed: int = 0) -> None:
         """Bring a coreset memory to its steady state: full, then one real insertion merges it down.
 
-        The memory is filled with K rows of ``pool`` (real patch embeddings; with slight noise when the
-        pool is smaller than K), then one batch is stepped with a forced update: inserting beyond K runs
+        The memory is filled with K rows (its confirmed capacity) of ``pool`` (real patch embeddings; with slight noise when the
+        pool is smaller than K), then one batch is stepped with a forced update (with recurrence admission, ``confirm + 1`` times, so
+        that its patches are confirmed): inserting beyond K runs
         the memory's merge, which leaves it at (1 - merge_slack) K with the coverage radius of the merges,
         as after a long stream. A learned memory (``method="lemo"``) is always full: nothing to do.
         """
@@ -202,7 +203,7 @@ class FramePipeline:
         memory = self.model.memory
         if not isinstance(memory, CoresetMemory):
             return
-        k = memory.capacity
+        k = memory.confirmed_capacity
         gen = torch.Generator().manual_seed(seed)
         pool = pool.to(self.device)
         index = torch.randperm(pool.shape[0], generator=gen)[:k].to(self.device)
@@ -212,7 +213,11 @@ class FramePipeline:
             noise = 0.05 * pool.std() * torch.randn(extra.numel(), pool.shape[1], generator=gen).to(self.device)
             rows = torch.cat([rows, pool[extra] + noise])
         memory.replace_items(rows)
-        self._steps(self.inspector, self.backbone(self.preprocess(0)), force=True)
+        features = self.backbone(self.preprocess(0))
+        # with recurrence the frame's patches wait as pending items until ``confirm`` later frames saw
+        # them again: the same frame that many more times confirms them, which merges the full memory
+        for _ in range(1 + (memory.confirm if memory.admission == "recurrence" else 0)):
+            self._steps(self.inspector, features, force=True)
         self.updates = self.observed = 0
 
 
@@ -255,7 +260,7 @@ def index_search(k: int, lists: int = 64, probe: int = 8) -> MatrixScorer:
         None,
         k,
         f"inverted index ({lists} lists, {probe} probed), k={k}",
-        {"ivf_lists": lists, "ivf_probe": probe},
+        {"ivf_lists": lists, "ivf_probe": probe, "admission": "coverage"},
     )
 
 

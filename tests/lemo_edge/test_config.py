@@ -28,6 +28,10 @@ OUT_OF_RANGE: list[tuple[str, object, str]] = [
     ("insert_per_image", 0, "an integer >= 1"),
     ("merge_slack", 0.0, "a fraction in (0, 1)"),
     ("merge_slack", 1.0, "a fraction in (0, 1)"),
+    ("admission", "oracle", "one of ['recurrence', 'coverage']"),
+    ("pending_size", -1, "an integer >= 0"),
+    ("confirm_images", 0, "an integer >= 1"),
+    ("pending_ttl", 0, "an integer >= 1"),
     ("ivf_lists", -1, "an integer >= 0"),
     ("steps_per_image", 0, "an integer >= 1"),
     ("lr_memory", -1e-3, "a finite number >= 0"),
@@ -59,6 +63,10 @@ WRONG_TYPE: list[tuple[str, object]] = [
     ("position_window", 64.0),
     ("insert_per_image", False),
     ("merge_slack", True),
+    ("pending_ttl", 3.5),
+    ("admission", 1),
+    ("pending_size", 1.0),
+    ("confirm_images", None),
     ("ivf_lists", 0.0),
     ("ivf_probe", 8.0),
     ("adapter", "yes"),
@@ -130,8 +138,8 @@ def test_ivf_probe_is_checked_against_ivf_lists(lists, probe):
         f"ivf: expected ivf_lists >= 0 and 1 <= ivf_probe <= ivf_lists, got ivf_lists={lists} and ivf_probe={probe}"
     )
     with pytest.raises(InputError, match=f"^{re.escape(message)}$"):
-        ModelConfig(ivf_lists=lists, ivf_probe=probe)
-    assert ModelConfig(ivf_lists=4, ivf_probe=4).ivf_probe == 4
+        ModelConfig(ivf_lists=lists, ivf_probe=probe, admission="coverage")
+    assert ModelConfig(ivf_lists=4, ivf_probe=4, admission="coverage").ivf_probe == 4
 
 
 def test_extra_must_be_a_dict_with_string_keys():
@@ -167,3 +175,14 @@ def test_boundary_values_are_accepted():
         margin=1e-9,
         merge_slack=0.999,
     )
+
+
+def test_the_pending_pool_must_fit_in_the_memory():
+    with pytest.raises(
+        InputError, match=r"pending_size: expected 1..memory_size-1 \(63\) with admission 'recurrence', got 64"
+    ):
+        ModelConfig(memory_size=64, pending_size=64, admission="recurrence")
+    assert ModelConfig(memory_size=64, pending_size=64, admission="coverage").pending_rows == 0
+    assert ModelConfig(memory_size=64, admission="recurrence").pending_rows == 8
+    with pytest.raises(InputError, match="ivf_lists: expected 0 with admission 'recurrence'"):
+        ModelConfig(ivf_lists=8, admission="recurrence")

@@ -63,4 +63,4 @@ def test_bad_index_settings_name_the_fields():
     with pytest.raises(InputError, match="ivf: expected lists >= 1 and 1 <= probe <= lists"):
         InvertedIndex(lists=4, probe=5)
     with pytest.raises(InputError, match="ivf: expected ivf_lists >= 0 and 1 <= ivf_probe <= ivf_lists"):
-        ModelConfig(ivf_lists=4, ivf_probe=0)
+        ModelConfig(ivf_lists=4, ivf_probe=0, admission="coverage")
