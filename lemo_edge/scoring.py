@@ -6,6 +6,7 @@ It runs on CPU and CUDA alike.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import NamedTuple
@@ -107,8 +108,32 @@ def gaussian_kernel1d(sigma: float, device: torch.device | None = None) -> torch
     return kernel / kernel.sum()
 
 
+@functools.lru_cache(maxsize=16)
+def map_matrix(n: int, size: int, sigma: float, device: str = "cpu") -> torch.Tensor:
+    """``(size, n) float32``: bilinear upsampling of ``n`` samples to ``size`` followed by the Gaussian blur.
+
+    Row ``i`` holds the weights of the ``n`` patch scores in output pixel ``i``: the 1-D bilinear weights
+    (``align_corners=False``, as :func:`torch.nn.functional.interpolate`) times the blur of
+    :func:`gaussian_kernel1d` with replicate padding. Both are linear, so ``A_h @ scores @ A_w.T`` is the
+    upsampled and smoothed map. Built in float64 and cached per ``(n, size, sigma, device)``.
+    """
+    eye = torch.eye(n, dtype=torch.float64)[None]  # (1, n, n): basis vectors as channels
+    up = F.interpolate(eye, size=size, mode="linear", align_corners=False)[0]  # (n, size): upsampled basis
+    if sigma > 0:
+        kernel = gaussian_kernel1d(sigma).double()
+        pad = kernel.numel() // 2
+        padded = F.pad(up[:, None], (pad, pad), mode="replicate")
+        up = F.conv1d(padded, kernel.view(1, 1, -1))[:, 0]
+    return up.T.contiguous().to(device=device, dtype=torch.float32)
+
+
 def anomaly_map(patch_scores: torch.Tensor, size: tuple[int, int], sigma: float = 4.0) -> torch.Tensor:
     """Upsample patch scores to the input size and smooth them with a Gaussian.
+
+    Bilinear upsampling (``align_corners=False``) then a separable Gaussian of radius ``4 * sigma`` with
+    replicate padding, computed as ``A_h @ scores @ A_w.T`` with the precomputed :func:`map_matrix`
+    per axis: equal to interpolate-then-convolve within float32 rounding (a test: 1e-5 of the map's range),
+    about 20x cheaper at 256 x 256 (``benchmarks/results/knn-stages.md``).
 
     Args:
         patch_scores: ``(B, h, w)`` float.
@@ -120,14 +145,12 @@ def anomaly_map(patch_scores: torch.Tensor, size: tuple[int, int], sigma: float 
     """
     if patch_scores.ndim != 3:
         raise InputError(f"anomaly_map: expected patch scores (B, h, w), got {describe(patch_scores)}")
-    maps = F.interpolate(patch_scores[:, None].float(), size=size, mode="bilinear", align_corners=False)
-    if sigma > 0:
-        kernel = gaussian_kernel1d(sigma, maps.device)
-        pad = kernel.numel() // 2
-        maps = F.pad(maps, (pad, pad, pad, pad), mode="replicate")
-        maps = F.conv2d(maps, kernel.view(1, 1, 1, -1))
-        maps = F.conv2d(maps, kernel.view(1, 1, -1, 1))
-    return maps[:, 0]
+    height, width = int(size[0]), int(size[1])
+    _, h, w = patch_scores.shape
+    device = str(patch_scores.device)
+    rows = map_matrix(h, height, float(sigma), device)
+    cols = map_matrix(w, width, float(sigma), device)
+    return torch.matmul(torch.matmul(rows, patch_scores.float()), cols.T)
 
 
 def image_scores(maps: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,7 @@ def collect() -> dict[str, list[tuple[str, bool, str]]]:
     """Availability of every backbone, backend and scorer: ``{section: [(name, ok, reason)]}``."""
     import torch
 
+    from lemo_edge.knn import backend_status as knn_status
     from lemo_edge.runtime.backends import backend_status
     from lemo_edge.runtime.scorers import scorer_status
 
@@ -39,6 +40,7 @@ def collect() -> dict[str, list[tuple[str, bool, str]]]:
     sections: dict[str, list[tuple[str, bool, str]]] = {"backbones": backbones}
     sections["backends"] = [(s.name, s.available, s.reason) for s in backend_status()]
     sections["scorers"] = [(s.name, s.available, s.reason) for s in scorer_status()]
+    sections["knn"] = [(f"knn {s.name}", s.available, s.reason) for s in knn_status()]
     cuda = torch.cuda.is_available()
     gpu = f"available: {torch.cuda.get_device_name(0)}" if cuda else "not available"
     sections["environment"] = [

@@ -1,0 +1,391 @@
+"""Nearest-memory search through a maintained library (usearch HNSW or faiss IVF), following the memory.
+
+:class:`MemoryIndex` answers what :func:`lemo_edge.scoring.nearest_memory` answers for the memory's current
+items, and follows the memory as it changes: :meth:`~MemoryIndex.add` for rows appended at the end,
+:meth:`~MemoryIndex.remove` for rows a merge drops (the survivors keep their order and move up, as the
+memory compacts them), :meth:`~MemoryIndex.reset` for items replaced wholesale (a loaded state). Each row
+carries a label in the library; ``label -> row`` is kept in an array and rebuilt from ``row -> label`` after a
+removal (``O(n)`` numpy, microseconds), so :attr:`Nearest.index` is always the row in the current items.
+Labels of removed rows are reused, so the label space stays as large as the memory.
+
+Backends (chosen by ``benchmarks/knn_study.py``, results in ``benchmarks/results/knn-study.md``):
+
+* ``"faiss-ivf"`` (default): an inverted file of ``n / 128`` cells, ``probe = 8`` searched (``pip install
+  faiss-cpu``): at K = 8192 about as fast as usearch (15 ms per 1024-patch frame, one core) at a higher
+  recall@3 (0.991 against 0.985), and the cheapest to follow (1.5 ms per frame with 64 rows added and the
+  merges, against 6-9 ms); wheels for manylinux2014 x86_64 and aarch64. The cells are trained when the index
+  is built and again whenever the items have doubled since (the memory's warm-up), on that frame.
+* ``"usearch"``: an HNSW graph (``pip install usearch``); recall@3 0.985 (``ef=16``) / 0.999 (``ef=32``).
+* ``"exact"``: the torch reference on the index's own copy of the items (identical results).
+
+An approximate search can only over-estimate a distance (a nearer item may be missed), never under-estimate.
+Below ``min_items`` items every backend searches exactly. All tensors are CPU ``float32``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from lemo_edge.errors import InputError, MissingDependencyError, describe
+from lemo_edge.scoring import Nearest, nearest_memory
+
+log = logging.getLogger(__name__)
+
+BACKENDS: tuple[str, ...] = ("faiss-ivf", "usearch", "exact")
+HINTS: dict[str, tuple[str, str, str]] = {  # backend: (module, distribution, pip hint)
+    "faiss-ivf": ("faiss", "faiss-cpu", "pip install 'lemo-edge[knn]'  (or: pip install faiss-cpu)"),
+    "usearch": ("usearch.index", "usearch", "pip install 'lemo-edge[knn]'  (or: pip install usearch)"),
+}
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    """Whether a search backend can run here: ``name``, ``available``, ``reason`` (version or why not)."""
+
+    name: str
+    available: bool
+    reason: str
+
+
+def _import(backend: str) -> Any:
+    module, package, hint = HINTS[backend]
+    try:
+        return __import__(module, fromlist=["_"])
+    except ImportError as err:
+        raise MissingDependencyError(package, hint, str(err)) from err
+
+
+def backend_status() -> list[BackendStatus]:
+    """Availability of every backend (for ``lemo-edge info``)."""
+    from lemo_edge.utils import versions
+
+    out = []
+    for name in BACKENDS:
+        if name == "exact":
+            out.append(BackendStatus(name, True, "torch reference"))
+            continue
+        try:
+            _import(name)
+        except MissingDependencyError as err:
+            out.append(BackendStatus(name, False, str(err)))
+            continue
+        package = HINTS[name][1]
+        out.append(BackendStatus(name, True, f"{package} {versions((package,)).get(package) or '?'}"))
+    return out
+
+
+def available_backends() -> list[str]:
+    """Names of the backends that import here."""
+    return [s.name for s in backend_status() if s.available]
+
+
+class _Library(Protocol):
+    """What a library wrapper does with labels (``(m,) int64``) and rows (``(m, D) float32`` numpy)."""
+
+    def add(self, rows: np.ndarray, labels: np.ndarray) -> None: ...
+
+    def remove(self, labels: np.ndarray) -> None: ...
+
+    def search(self, z: np.ndarray, k: int, threads: int) -> tuple[np.ndarray, np.ndarray]:
+        """Squared distances ``(N, k) float32`` and labels ``(N, k) int64`` (``-1`` where none was found)."""
+        ...
+
+
+class _Usearch:
+    def __init__(self, dim: int, ef: int, connectivity: int, expansion_add: int) -> None:
+        index_module = _import("usearch")
+        self.index = index_module.Index(
+            ndim=dim, metric="l2sq", dtype="f32", connectivity=connectivity, expansion_add=expansion_add,
+            expansion_search=ef,
+        )  # fmt: skip
+
+    def add(self, rows: np.ndarray, labels: np.ndarray) -> None:
+        self.index.add(labels.astype(np.uint64), rows, threads=1 if rows.shape[0] <= 256 else 0)
+
+    def remove(self, labels: np.ndarray) -> None:
+        self.index.remove(labels.astype(np.uint64))
+
+    def search(self, z: np.ndarray, k: int, threads: int) -> tuple[np.ndarray, np.ndarray]:
+        found = self.index.search(z, k, threads=threads)
+        labels = found.keys.astype(np.int64).reshape(z.shape[0], k)
+        dist = found.distances.astype(np.float32).reshape(z.shape[0], k)
+        missing = np.arange(k)[None, :] >= np.asarray(found.counts).reshape(-1, 1)
+        labels[missing] = -1
+        return dist, labels
+
+
+class _FaissIvf:
+    def __init__(self, dim: int, items: np.ndarray, probe: int, cell_items: int, seed: int) -> None:
+        faiss = self.faiss = _import("faiss-ivf")
+        lists = max(1, items.shape[0] // cell_items)
+        quantizer = faiss.IndexFlatL2(dim)
+        self.index = faiss.IndexIVFFlat(quantizer, dim, lists)
+        self.index.cp.seed = seed
+        self.index.train(items)
+        self.index.nprobe = min(probe, lists)
+
+    def add(self, rows: np.ndarray, labels: np.ndarray) -> None:
+        self.index.add_with_ids(rows, labels)
+
+    def remove(self, labels: np.ndarray) -> None:
+        self.index.remove_ids(labels)
+
+    def search(self, z: np.ndarray, k: int, threads: int) -> tuple[np.ndarray, np.ndarray]:
+        self.faiss.omp_set_num_threads(threads)
+        dist, labels = self.index.search(z, k)
+        return dist.astype(np.float32), labels.astype(np.int64)
+
+
+class MemoryIndex:
+    """Nearest-item search over a memory's rows that follows its appends and merges.
+
+    Args:
+        backend: one of :data:`BACKENDS` (``"exact"``: the torch reference).
+        ef: HNSW search breadth (usearch): higher is slower and nearer to exact.
+        probe: IVF cells searched per query (faiss-ivf).
+        cell_items: IVF items per cell at :meth:`reset` (faiss-ivf).
+        connectivity: HNSW graph degree (usearch).
+        expansion_add: HNSW construction breadth (usearch).
+        min_items: below this many items searches are exact (an index is built when the memory reaches it).
+        threads: search threads (0: the library's default); the memory's one frame is one batch of N queries.
+        seed: seed of the IVF training.
+
+    Raises:
+        InputError: an unknown backend or a non-positive parameter.
+        MissingDependencyError: the backend's library is not installed (the message has the pip hint).
+    """
+
+    def __init__(
+        self,
+        backend: str = "faiss-ivf",
+        *,
+        ef: int = 16,
+        probe: int = 8,
+        cell_items: int = 128,
+        connectivity: int = 16,
+        expansion_add: int = 80,
+        min_items: int = 2048,
+        threads: int = 1,
+        seed: int = 0,
+    ) -> None:
+        if backend not in BACKENDS:
+            raise InputError(f"knn backend: expected one of {list(BACKENDS)}, got {backend!r}")
+        for name, value in (("ef", ef), ("probe", probe), ("cell_items", cell_items), ("connectivity", connectivity)):
+            if value < 1:
+                raise InputError(f"knn {name}: expected >= 1, got {value}")
+        if backend != "exact":
+            _import(backend)  # fail now, with the hint, not at the first search
+        self.backend = backend
+        self.ef, self.probe, self.cell_items = ef, probe, cell_items
+        self.connectivity, self.expansion_add = connectivity, expansion_add
+        self.min_items = max(0, min_items)
+        self.threads = threads
+        self.seed = seed
+        self._bank = torch.zeros(0, 0)
+        self._n = 0
+        self._labels = np.zeros(0, np.int64)  # row -> label
+        self._rows = np.zeros(0, np.int64)  # label -> row (-1: free)
+        self._free: list[int] = []
+        self._library: _Library | None = None
+        self._built_at = 0  # items when the library was built (faiss-ivf retrains after they doubled)
+
+    @property
+    def exact(self) -> bool:
+        """Whether searches are the exact reference (the ``exact`` backend, or fewer than ``min_items`` items)."""
+        return self.backend == "exact" or self._library is None
+
+    @property
+    def items(self) -> torch.Tensor:
+        """``(n, D) float32 cpu``: the rows the index holds, in the memory's order (a view)."""
+        return self._bank[: self._n]
+
+    def __len__(self) -> int:
+        return self._n
+
+    # ---------------------------------------------------------------------------------- following
+
+    def reset(self, items: torch.Tensor) -> None:
+        """Replace everything by ``items (n, D) float cpu`` (a loaded state, or a rebuild)."""
+        rows = self._check_rows(items, "reset", any_dim=True)
+        self._bank = torch.zeros(max(16, rows.shape[0]), rows.shape[1])
+        self._n = 0
+        self._labels = np.zeros(0, np.int64)
+        self._rows = np.zeros(0, np.int64)
+        self._free = []
+        self._library = None
+        self._built_at = 0
+        self._append(rows)
+        self._maybe_build()
+
+    def add(self, rows: torch.Tensor) -> None:
+        """Rows ``(m, D) float cpu`` appended at the end of the memory's items."""
+        rows = self._check_rows(rows, "add", any_dim=self._bank.shape[1] == 0)
+        if self._bank.shape[1] == 0:
+            self._bank = torch.zeros(max(16, rows.shape[0]), rows.shape[1])
+        labels = self._append(rows)
+        if self._library is not None and not (self.backend == "faiss-ivf" and self._n >= 2 * self._built_at):
+            self._library.add(rows.numpy(), labels)
+        else:
+            self._maybe_build()
+
+    def remove(self, indices: torch.Tensor | np.ndarray | list[int]) -> None:
+        """Rows the memory dropped, by their current row index; the others keep their order and move up.
+
+        Raises:
+            InputError: an index outside ``[0, n)`` or given twice.
+        """
+        drop = np.asarray(indices.cpu() if isinstance(indices, torch.Tensor) else indices, dtype=np.int64).ravel()
+        if drop.size == 0:
+            return
+        if drop.min() < 0 or drop.max() >= self._n or np.unique(drop).size != drop.size:
+            raise InputError(f"remove: expected distinct row indices in [0, {self._n}), got {drop.size} indices "
+                             f"in [{drop.min()}, {drop.max()}]")  # fmt: skip
+        keep = np.ones(self._n, bool)
+        keep[drop] = False
+        gone = self._labels[drop]
+        if self._library is not None:
+            self._library.remove(gone)
+        kept = torch.from_numpy(np.flatnonzero(keep))
+        m = int(kept.numel())
+        self._bank[:m] = self._bank[: self._n].index_select(0, kept)
+        self._n = m
+        self._labels = self._labels[keep]
+        self._rows[gone] = -1
+        self._rows[self._labels] = np.arange(m)
+        self._free.extend(gone.tolist())
+
+    def _append(self, rows: torch.Tensor) -> np.ndarray:
+        m = rows.shape[0]
+        if self._n + m > self._bank.shape[0]:
+            grown = torch.zeros(max(2 * self._bank.shape[0], self._n + m), self._bank.shape[1])
+            grown[: self._n] = self._bank[: self._n]
+            self._bank = grown
+        self._bank[self._n : self._n + m] = rows
+        reused = [self._free.pop() for _ in range(min(m, len(self._free)))]
+        start = self._rows.shape[0]
+        labels = np.concatenate([np.asarray(reused, np.int64), np.arange(start, start + m - len(reused))])
+        if m > len(reused):
+            self._rows = np.concatenate([self._rows, np.full(m - len(reused), -1, np.int64)])
+        self._rows[labels] = np.arange(self._n, self._n + m)
+        self._labels = np.concatenate([self._labels, labels])
+        self._n += m
+        return labels
+
+    def _maybe_build(self) -> None:
+        if self.backend == "exact" or self._n < max(1, self.min_items):
+            return
+        items = self.items.numpy()
+        library: _Library
+        if self.backend == "usearch":
+            library = _Usearch(items.shape[1], self.ef, self.connectivity, self.expansion_add)
+        else:
+            library = _FaissIvf(items.shape[1], items, self.probe, self.cell_items, self.seed)
+        library.add(np.ascontiguousarray(items), self._labels)
+        self._library = library
+        self._built_at = self._n
+        log.info("knn: %s index built over %d items", self.backend, self._n)
+
+    def _check_rows(self, rows: torch.Tensor, what: str, any_dim: bool = False) -> torch.Tensor:
+        dim = self._bank.shape[1]
+        if (
+            not isinstance(rows, torch.Tensor)
+            or rows.ndim != 2
+            or not rows.is_floating_point()
+            or rows.device.type != "cpu"
+            or (not any_dim and rows.shape[1] != dim)
+        ):
+            expected = "(m, D)" if any_dim else f"(m, {dim})"
+            raise InputError(f"{what}: expected {expected} float cpu rows, got {describe(rows)}")
+        return rows.detach().float().contiguous()
+
+    # ---------------------------------------------------------------------------------- searching
+
+    def search_topk(self, z: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``k`` nearest rows of each query: distances ``(N, k) float32`` (ascending) and rows ``(N, k) int64``.
+
+        Args:
+            z: ``(N, D) float cpu`` queries.
+            k: ``1 <= k <= n``.
+
+        Raises:
+            InputError: wrong shapes, a non-CPU tensor, or ``k`` outside ``[1, n]``.
+        """
+        if z.ndim != 2 or z.shape[1] != self._bank.shape[1] or z.device.type != "cpu" or not z.is_floating_point():
+            raise InputError(f"knn search: expected z (N, {self._bank.shape[1]}) float cpu, got {describe(z)}")
+        if not 1 <= k <= self._n:
+            raise InputError(f"knn search: expected 1 <= k <= n={self._n}, got k={k}")
+        if self.exact:
+            return _exact_topk(z, self.items, k)
+        assert self._library is not None  # not exact: built
+        queries = np.ascontiguousarray(z.detach().float().numpy())
+        d2, labels = self._library.search(queries, k, self.threads)
+        rows = self._rows[np.clip(labels, 0, max(self._rows.shape[0] - 1, 0))]
+        missing = (labels < 0) | (rows < 0)
+        rows[missing] = -1
+        dist = np.sqrt(np.maximum(d2, 0.0), dtype=np.float32)
+        dist[missing] = math.inf
+        out_d, out_r = torch.from_numpy(dist), torch.from_numpy(rows)
+        bad = torch.from_numpy(missing.any(1))
+        if bool(bad.any()):  # the graph returned fewer than k: those queries are searched exactly
+            which = torch.nonzero(bad).flatten()
+            out_d[which], out_r[which] = _exact_topk(z[which], self.items, k)
+        return out_d, out_r
+
+    def search(self, z: torch.Tensor, k: int) -> Nearest:
+        """What :func:`lemo_edge.scoring.nearest_memory` returns for ``z (N, D) float cpu`` and the current items.
+
+        ``score`` is the mean of the ``k`` nearest distances, ``index`` the nearest item's row, ``distance`` the
+        nearest distance when ``k > 1``. The exact backend calls the reference itself (identical results).
+        """
+        if self.exact:
+            if z.ndim != 2 or z.shape[1] != self._bank.shape[1] or z.device.type != "cpu":
+                raise InputError(f"knn search: expected z (N, {self._bank.shape[1]}) float cpu, got {describe(z)}")
+            if not 1 <= k <= self._n:
+                raise InputError(f"knn search: expected 1 <= k <= n={self._n}, got k={k}")
+            return nearest_memory(z, self.items, k)
+        dist, rows = self.search_topk(z, k)
+        return Nearest(dist.mean(1), rows[:, 0].contiguous(), dist[:, 0].contiguous() if k > 1 else None)
+
+    __call__ = search
+
+    def recall_at_k(self, z: torch.Tensor, items: torch.Tensor | None = None, k: int = 3) -> float:
+        """Mean fraction of each query's ``k`` exact nearest rows of ``items`` (default: the index's own) found.
+
+        Args:
+            z: ``(N, D) float cpu`` queries.
+            items: ``(n, D) float cpu`` the memory's items, which the index is meant to follow (a mismatch in
+                rows shows as a low recall); ``None``: the index's copy.
+            k: neighbours compared.
+        """
+        items = self.items if items is None else items
+        if items.shape != self.items.shape:
+            raise InputError(f"recall_at_k: expected items {tuple(self.items.shape)}, got {describe(items)}")
+        _, truth = _exact_topk(z, items.float(), k)
+        _, found = self.search_topk(z, k)
+        hits = (found[:, :, None] == truth[:, None, :]).any(2).sum(1)
+        return float(hits.double().mean() / k)
+
+
+def _exact_topk(z: torch.Tensor, items: torch.Tensor, k: int, block: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact ``k`` nearest distances ``(N, k) float32`` and rows ``(N, k) int64`` (the reference's arithmetic)."""
+    z = z.float()
+    items_sq = (items * items).sum(1)
+    dists, rows = [], []
+    for start in range(0, z.shape[0], block):
+        part = z[start : start + block]
+        partial = torch.addmm(items_sq, part, items.T, alpha=-2.0)
+        best, order = partial.topk(k, dim=1, largest=False)
+        dists.append((best + (part * part).sum(1, keepdim=True)).clamp_min_(0.0).sqrt_())
+        rows.append(order)
+    return torch.cat(dists), torch.cat(rows)
+
+
+def create_memory_index(backend: str = "faiss-ivf", **options: Any) -> MemoryIndex:
+    """A :class:`MemoryIndex` for ``backend`` (see its arguments for ``options``)."""
+    return MemoryIndex(backend, **options)

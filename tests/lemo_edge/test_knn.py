@@ -1,0 +1,159 @@
+"""lemo_edge.knn: the memory index follows appends and merges, and matches the torch reference."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from lemo_edge.errors import InputError, MissingDependencyError
+from lemo_edge.knn import BACKENDS, MemoryIndex, available_backends, backend_status
+from lemo_edge.scoring import nearest_memory
+
+APPROX = [b for b in BACKENDS if b != "exact"]
+
+
+def _clustered(n: int, d: int = 32, seed: int = 0) -> torch.Tensor:
+    """Points around 64 centres (structure like real embeddings, unlike isotropic noise)."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(64, d, generator=g) * 3
+    return centres[torch.randint(0, 64, (n,), generator=g)] + torch.randn(n, d, generator=g)
+
+
+def _index(backend: str, **kw: object) -> MemoryIndex:
+    if backend not in available_backends():
+        pytest.skip(f"{backend} is not installed")
+    return MemoryIndex(backend, min_items=kw.pop("min_items", 256), **kw)  # type: ignore[arg-type]
+
+
+def test_exact_mode_is_the_reference() -> None:
+    items, z = _clustered(3000), _clustered(700, seed=1)
+    index = MemoryIndex("exact")
+    index.reset(items[:2000])
+    index.add(items[2000:])
+    for k in (1, 3):
+        got, ref = index.search(z, k), nearest_memory(z, items, k)
+        assert torch.equal(got.index, ref.index)
+        assert torch.allclose(got.score, ref.score, atol=1e-5)
+        assert (got.distance is None) == (ref.distance is None)
+    assert index.recall_at_k(z, items, 3) == 1.0
+
+
+def test_exact_topk_matches_reference() -> None:
+    items, z = _clustered(1500), _clustered(300, seed=2)
+    index = MemoryIndex("exact")
+    index.reset(items)
+    dist, rows = index.search_topk(z, 3)
+    ref = nearest_memory(z, items, 3)
+    assert torch.equal(rows[:, 0], ref.index)
+    assert torch.allclose(dist.mean(1), ref.score, atol=1e-5)
+    assert torch.allclose(dist[:, 0], ref.nearest_distance, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["exact", *APPROX])
+def test_rows_follow_appends_and_merges(backend: str) -> None:
+    """After adds and removals, ``index`` is the row in the current items (checked on the items themselves)."""
+    index = _index(backend, ef=64, probe=64)
+    items = _clustered(1200)
+    index.reset(items)
+    assert not index.exact or backend == "exact"
+    g = torch.Generator().manual_seed(3)
+    for step in range(6):
+        new = _clustered(64, seed=10 + step)
+        index.add(new)
+        items = torch.cat([items, new])
+        drop = torch.randperm(items.shape[0], generator=g)[:40]
+        index.remove(drop)
+        keep = torch.ones(items.shape[0], dtype=torch.bool)
+        keep[drop] = False
+        items = items[keep]
+    assert torch.equal(index.items, items)
+    # queries that are items: their nearest row must be themselves
+    rows = torch.randperm(items.shape[0], generator=g)[:200]
+    found = index.search(items[rows], 1)
+    assert (found.index == rows).float().mean() >= 0.98
+    assert index.recall_at_k(_clustered(300, seed=99), items, 3) >= 0.9
+
+
+@pytest.mark.parametrize("backend", APPROX)
+def test_approximate_scores_are_close_and_never_below_exact(backend: str) -> None:
+    index = _index(backend, ef=64, probe=16)
+    items, z = _clustered(4000), _clustered(1024, seed=5)
+    index.reset(items)
+    got, ref = index.search(z, 3), nearest_memory(z, items, 3)
+    assert got.score.shape == (1024,) and got.index.dtype == torch.int64 and got.distance is not None
+    assert bool((got.score >= ref.score - 1e-4).all())
+    assert index.recall_at_k(z, items, 3) >= 0.9
+    assert float((got.score - ref.score).abs().mean()) < 0.05 * float(ref.score.mean())
+
+
+def test_small_memory_is_exact_until_min_items() -> None:
+    backend = APPROX[0] if APPROX[0] in available_backends() else "exact"
+    index = MemoryIndex(backend, min_items=500)
+    index.add(_clustered(300))
+    assert index.exact
+    index.add(_clustered(300, seed=1))
+    assert index.exact == (backend == "exact")
+
+
+def test_label_reuse_keeps_rows_right() -> None:
+    """Labels of removed rows are reused; the mapping stays a bijection onto the rows."""
+    index = MemoryIndex("exact")
+    index.reset(_clustered(10))
+    index.remove([0, 5])
+    index.add(_clustered(3, seed=4))
+    assert len(index) == 11
+    assert sorted(index._rows[index._labels].tolist()) == list(range(11))
+
+
+def test_boundary_errors() -> None:
+    index = MemoryIndex("exact")
+    index.reset(_clustered(20))
+    with pytest.raises(InputError, match=r"remove: expected distinct row indices in \[0, 20\)"):
+        index.remove([3, 3])
+    with pytest.raises(InputError, match=r"add: expected \(m, 32\) float cpu rows, got \(4, 8\)"):
+        index.add(torch.zeros(4, 8))
+    with pytest.raises(InputError, match=r"expected 1 <= k <= n=20, got k=21"):
+        index.search(_clustered(2), 21)
+    with pytest.raises(InputError, match=r"knn backend: expected one of"):
+        MemoryIndex("annoy")
+    with pytest.raises(InputError, match=r"knn ef: expected >= 1, got 0"):
+        MemoryIndex("exact", ef=0)
+
+
+@pytest.mark.parametrize("backend", APPROX)
+def test_missing_library_raises_with_hint(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    real = builtins.__import__
+
+    def blocked(name: str, *args: object, **kwargs: object) -> object:
+        if name.split(".")[0] in ("usearch", "faiss"):
+            raise ImportError(f"No module named {name!r}")
+        return real(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(builtins, "__import__", blocked)
+    with pytest.raises(MissingDependencyError, match="install it with: pip install"):
+        MemoryIndex(backend)
+    status = {s.name: s for s in backend_status()}
+    assert not status[backend].available and "pip install" in status[backend].reason
+    assert status["exact"].available
+
+
+def test_status_lists_installed_versions() -> None:
+    for s in backend_status():
+        module = {"usearch": "usearch", "faiss-ivf": "faiss", "exact": "torch"}[s.name]
+        assert s.available == (importlib.util.find_spec(module) is not None)
+
+
+def test_ivf_retrains_when_items_doubled() -> None:
+    index = _index("faiss-ivf", min_items=256, probe=64)
+    index.add(_clustered(300))
+    first = index._library
+    assert first is not None and not index.exact
+    index.add(_clustered(200, seed=1))
+    assert index._library is first  # 500 < 2 x 300: rows added to the trained cells
+    index.add(_clustered(200, seed=2))
+    assert index._library is not first and index._built_at == 700  # doubled: cells trained again
+    assert index.recall_at_k(_clustered(200, seed=3), k=3) >= 0.9
