@@ -230,7 +230,7 @@ def resolve_scorer(preference: str, config: ModelConfig, device: torch.device) -
     """Pick the nearest-memory scorer; ``None`` means the model's own torch reference.
 
     Raises:
-        InputError: an unknown preference, or ``cuda`` with ``score_k != 1``.
+        InputError: an unknown preference, or ``cuda`` with ``score_k`` outside 1..8.
         BackendUnavailableError: ``cuda`` asked for where the kernel cannot run.
     """
     if preference not in SCORER_CHOICES:

@@ -59,7 +59,7 @@ RATIOS_DOC: dict[str, str] = {
         "onnxruntime is that many times faster"
     ),
     "cuda_vs_torch_scorer": (
-        "p50 of the torch reference scorer (k=1) / p50 of the CUDA kernel (k=1) on the same embeddings and "
+        "p50 of the torch reference scorer / p50 of the CUDA kernel (both k=score_k) on the same embeddings and "
         "memory (default K), interleaved; > 1 means the kernel is that many times faster"
     ),
     "lemo_vs_patchcore_frame": (
@@ -142,7 +142,7 @@ class _Backends:
 
 def _scorers(config: BenchConfig, device: torch.device) -> tuple[dict[str, MatrixScorer], dict[str, str]]:
     """The scorers of the matrix: ``torch`` (k = score_k), ``ivf`` (64 lists, 8 probed; when the
-    config searches exactly) and ``cuda`` (k = 1, its pipelines with ``score_k=1``) where it loads."""
+    config searches exactly) and ``cuda`` (the CUDA kernel, k = score_k) where it loads."""
     from lemo_edge.runtime.scorers import CudaMemoryScorer, TorchMemoryScorer
 
     k = config.model.score_k
@@ -152,7 +152,7 @@ def _scorers(config: BenchConfig, device: torch.device) -> tuple[dict[str, Matri
     status = {name: s.description for name, s in scorers.items()}
     if device.type == "cuda":
         try:
-            scorers["cuda"] = MatrixScorer("cuda", CudaMemoryScorer(device), 1, "CUDA kernel, k=1", {"score_k": 1})
+            scorers["cuda"] = MatrixScorer("cuda", CudaMemoryScorer(device, k), k, f"CUDA kernel, k={k}")
             status["cuda"] = scorers["cuda"].description
         except (LemoError, RuntimeError, ImportError) as err:
             status["cuda"] = f"unavailable: {err}"
@@ -402,7 +402,7 @@ def _ratios(
             emb = pipe.model.embed(pipe.backbone(pipe.preprocess(0)))
         z = emb.reshape(-1, emb.shape[-1]).contiguous()
         items = pipe.model.memory.items.detach().contiguous()
-        ref, cuda = _torch_scorer(1), scorers["cuda"].scorer
+        ref, cuda = _torch_scorer(scorers["cuda"].k), scorers["cuda"].scorer
         assert cuda is not None
         times = interleave(
             {"torch": [("score", lambda _i: ref(z, items))], "cuda": [("score", lambda _i: cuda(z, items))]}, **iters

@@ -1,102 +1,90 @@
-"""Compile the nearest-memory CUDA kernel with nvcc and launch it through pycuda on torch's tensors.
+"""Build, load and launch the nearest-memory CUDA kernel (``nearest_memory.cu``) on torch's tensors.
 
-Compilation: ``nvcc -cubin -arch=sm_XY`` once per GPU architecture; the cubin is cached under
-``<cache>/kernels/`` (see :mod:`lemo_edge.export.cache`) named by the sha256 over the source, the
-architecture, the nvcc version and the flags, so any change recompiles and nothing stale is loaded.
-
-Context: torch (CUDA runtime API) works in each device's *primary* context. The loader retains that
-same primary context with ``pycuda.driver.Device(i).retain_primary_context()`` rather than
-``Context.attach()`` (which wraps whatever context is current on the calling thread, needs torch to
-have made it current first, and goes through the long-deprecated ``cuCtxAttach``). The retained
-context is pushed around module loading and each launch and popped right after, so pycuda never
-leaves a context on the thread's stack and any thread may call. Tensors are passed by
-``data_ptr()``: no copies, no pycuda allocations.
-
-Stream: pycuda launches only on its own ``Stream`` objects or the legacy default stream (handle 0);
-it cannot wrap a foreign ``CUstream``. On torch's default stream (``cuda_stream == 0``, the usual case)
-the kernel is launched there directly. Under a non-default torch stream it runs on a pycuda stream
-that first waits for torch's current stream, and torch's current stream then waits for it (two
-event record/wait pairs on the GPU, no host synchronisation), which orders it exactly as if it ran
-on torch's current stream.
+:func:`load_kernel` compiles the source once per GPU architecture (NVRTC from torch's CUDA wheels, else nvcc;
+see :mod:`.compile`), loads the cubin into the device's primary context (the one torch uses) and returns a
+:class:`NearestMemoryKernel`. If the driver refuses a cubin (e.g. an nvcc newer than the driver), the next
+compiler is tried. Launches go on torch's current stream (:mod:`.driver`); nothing is copied: tensors are
+passed by pointer, and only a small scratch buffer ``(N, S, k)`` for the split memory is allocated, through
+torch's caching allocator.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import logging
-import os
-import re
-import shutil
-import subprocess
-import tempfile
+import math
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from lemo_edge.errors import BackendUnavailableError, InputError, LemoError, MissingDependencyError
+from lemo_edge.errors import BackendUnavailableError, InputError, MissingDependencyError
+from lemo_edge.runtime.kernels.compile import (
+    COMPILERS,
+    SOURCE,
+    KernelCompileError,
+    available_compilers,
+    check_arch,
+    compile_kernel,
+    find_nvcc,
+    find_nvrtc,
+)
+from lemo_edge.runtime.kernels.driver import LAUNCHERS, KernelLaunchError, Launcher, create_launcher
+
+__all__ = [
+    "BLOCK",
+    "COMPILERS",
+    "DTYPES",
+    "LAUNCHERS",
+    "MAX_K",
+    "SOURCE",
+    "KernelCompileError",
+    "KernelLaunchError",
+    "NearestMemoryKernel",
+    "check_arch",
+    "compile_kernel",
+    "entry_points",
+    "find_nvcc",
+    "find_nvrtc",
+    "kernel_status",
+    "load_kernel",
+    "plan_splits",
+]
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("nearest_memory.cu")
-NVCC_FLAGS = ("-O3", "-std=c++17")
-ENTRY_POINTS = {torch.float32: "nearest_memory_f32", torch.float16: "nearest_memory_f16"}
-TILE_N = 32  # patches per block (kTileN in nearest_memory.cu)
-BLOCK = (16, 16, 1)  # (kThreadsX, kThreadsY) in nearest_memory.cu
-DEFAULT_NVCC = Path("/usr/local/cuda/bin/nvcc")
-NVCC_HINT = "install the CUDA toolkit (JetPack ships it in /usr/local/cuda), or pass nvcc=/path/to/nvcc"
-PYCUDA_HINT = "pip install pycuda (builds against the CUDA toolkit; JetPack includes one)"
-
-_ARCH = re.compile(r"^sm_\d{2,3}[af]?$")
+MAX_K = 8  # nearest items per patch: kernels nearest_*_k1 .. nearest_*_k8
+DTYPES = {torch.float32: "f32", torch.float16: "f16"}
+TILE_N = 64  # patches per block of the partial kernel (kTileN)
+TILE_K = 64  # memory items per tile (kTileK)
+BLOCK = (16, 16, 1)  # (kThreadsX, kThreadsY)
+MERGE_BLOCK = (256, 1, 1)  # kMergeThreads: 8 warps, one patch each
+MERGE_PATCHES = MERGE_BLOCK[0] // 32
+BLOCKS_PER_SM = 4  # aim for this many partial blocks per multiprocessor when splitting the memory
 
 
-class KernelCompileError(LemoError, RuntimeError):
-    """nvcc failed; the message carries the compiler's output."""
+def entry_points() -> list[str]:
+    """Every ``extern "C"`` kernel name in the cubin."""
+    return [
+        f"nearest_{stage}_{dt}_k{k}"
+        for k in range(1, MAX_K + 1)
+        for dt in DTYPES.values()
+        for stage in ("partial", "merge")
+    ]
 
 
-def find_nvcc(nvcc: str | Path | None = None) -> Path:
-    """Locate nvcc: ``nvcc`` if given, else ``$CUDA_HOME``/``$CUDA_PATH``, ``PATH``, ``/usr/local/cuda``.
+def plan_splits(n: int, k: int, multiprocessors: int) -> tuple[int, int]:
+    """Split the ``k`` memory items over ``S`` blocks per patch tile so the GPU has enough blocks.
 
-    Raises:
-        InputError: an explicit ``nvcc`` does not exist.
-        MissingDependencyError: no nvcc anywhere.
+    Returns:
+        ``(S, items per split)``, items per split a multiple of the 64-item tile, ``S * per_split >= k``.
     """
-    if nvcc is not None:
-        path = Path(nvcc)
-        if not path.is_file():
-            raise InputError(f"nvcc: expected an executable, got {str(path)!r} (not found)")
-        return path
-    candidates = [Path(os.environ[v]) / "bin" / "nvcc" for v in ("CUDA_HOME", "CUDA_PATH") if os.environ.get(v)]
-    which = shutil.which("nvcc")
-    candidates += [Path(which)] if which else []
-    candidates.append(DEFAULT_NVCC)
-    for path in candidates:
-        if path.is_file():
-            return path
-    raise MissingDependencyError("nvcc", NVCC_HINT, "compiling the nearest-memory kernel")
-
-
-@functools.lru_cache(maxsize=8)
-def nvcc_version(nvcc: str) -> str:
-    """The ``release X.Y, VX.Y.Z`` line of ``nvcc --version`` (part of the cubin cache key)."""
-    try:
-        proc = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=60, check=False)
-    except OSError as err:
-        raise KernelCompileError(f"nvcc: cannot run {nvcc!r} ({err})") from err
-    lines = [line.strip() for line in proc.stdout.splitlines() if "release" in line]
-    if proc.returncode != 0 or not lines:
-        raise KernelCompileError(f"nvcc: `{nvcc} --version` failed: {proc.stderr.strip() or proc.stdout.strip()}")
-    return lines[-1]
-
-
-def check_arch(arch: str) -> str:
-    """Return ``arch`` if it reads like ``sm_87`` / ``sm_90a``, else raise ``InputError``."""
-    if not _ARCH.match(arch):
-        raise InputError(f"arch: expected a real GPU architecture like 'sm_87', got {arch!r}")
-    return arch
+    tiles_k = max(1, math.ceil(k / TILE_K))
+    n_blocks = max(1, math.ceil(n / TILE_N))
+    wanted = max(1, math.ceil(BLOCKS_PER_SM * multiprocessors / n_blocks))
+    tiles_per_split = math.ceil(tiles_k / min(tiles_k, wanted))
+    splits = math.ceil(tiles_k / tiles_per_split)
+    return splits, tiles_per_split * TILE_K
 
 
 def device_arch(device: torch.device | int | None = None) -> str:
@@ -105,160 +93,164 @@ def device_arch(device: torch.device | int | None = None) -> str:
     return f"sm_{major}{minor}"
 
 
-def compile_kernel(
-    arch: str = "sm_87",
-    nvcc: str | Path | None = None,
-    *,
-    source: str | None = None,
-    cache_dir: str | Path | None = None,
-) -> Path:
-    """Compile the kernel source to a cubin for ``arch`` (cached; returns at once when it already exists).
-
-    Args:
-        arch: real architecture, e.g. ``sm_87`` (Jetson Orin) or ``sm_90`` (H100).
-        nvcc: the compiler (default: :func:`find_nvcc`).
-        source: CUDA source text (default: ``nearest_memory.cu`` beside this module).
-        cache_dir: cache root (default :func:`lemo_edge.export.cache.default_cache_dir`).
-
-    Returns:
-        Path of the cubin in ``<cache>/kernels/``.
-
-    Raises:
-        KernelCompileError: nvcc failed (the message holds its stderr).
-        MissingDependencyError: no nvcc.
-    """
-    from lemo_edge.export.cache import cache_subdir
-
-    check_arch(arch)
-    text = source if source is not None else SOURCE.read_text(encoding="utf-8")
-    exe = find_nvcc(nvcc)
-    version = nvcc_version(str(exe))
-    fields = {"source": hashlib.sha256(text.encode()).hexdigest(), "arch": arch, "nvcc": version, "flags": NVCC_FLAGS}
-    key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
-    folder = cache_subdir("kernels", cache_dir)
-    out = folder / f"nearest_memory-{arch}-{key[:16]}.cubin"
-    if out.is_file():
-        return out
-    with tempfile.TemporaryDirectory(prefix="lemo-nvcc-") as tmp:
-        src = Path(tmp) / "nearest_memory.cu"
-        src.write_text(text, encoding="utf-8")
-        target = Path(tmp) / "nearest_memory.cubin"
-        cmd = [str(exe), "-cubin", f"-arch={arch}", *NVCC_FLAGS, "-o", str(target), str(src)]
-        log.info("compiling %s", " ".join(cmd))
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
-        except (OSError, subprocess.TimeoutExpired) as err:
-            raise KernelCompileError(f"nvcc ({arch}): could not run {exe} ({err})") from err
-        if proc.returncode != 0 or not target.is_file():
-            output = (proc.stderr.strip() + "\n" + proc.stdout.strip()).strip()
-            raise KernelCompileError(f"nvcc ({arch}) failed with exit code {proc.returncode}:\n{output}")
-        staged = folder / f".{out.name}.{os.getpid()}"
-        shutil.copyfile(target, staged)
-        os.replace(staged, out)
-    return out
-
-
-def _import_pycuda_driver() -> Any:
-    try:
-        import pycuda.driver as driver
-    except ImportError as err:
-        raise MissingDependencyError("pycuda", PYCUDA_HINT, "the CUDA nearest-memory kernel") from err
-    return driver
-
-
 class NearestMemoryKernel:
-    """The compiled kernel loaded into the primary CUDA context of one device (shared with torch).
+    """The compiled kernels loaded into the primary CUDA context of one device (shared with torch).
 
-    Call it with contiguous CUDA tensors of that device: ``z (N, D)`` and ``memory (K, D)`` both float32
-    or both float16, and the outputs ``score (N,) float32`` and ``index (N,) int64`` to write. It does
-    no validation (that is :class:`lemo_edge.runtime.scorers.CudaMemoryScorer`'s job) and no allocation.
+    :meth:`__call__` takes contiguous CUDA tensors of that device and writes the outputs; it does no
+    validation (that is :class:`lemo_edge.runtime.scorers.CudaMemoryScorer`'s job).
+
+    Attributes:
+        device: the CUDA device.
+        cubin: the loaded cubin.
+        launcher: ``driver`` or ``pycuda``.
     """
 
-    def __init__(self, device: torch.device, cubin: Path) -> None:
-        driver = _import_pycuda_driver()
-        driver.init()
+    def __init__(self, device: torch.device, cubin: Path, launcher: str = "driver") -> None:
         self.device = device
         self.cubin = cubin
-        self._driver = driver
-        self._context = driver.Device(device.index).retain_primary_context()
-        self._context.push()
-        try:
-            self._module = driver.module_from_buffer(cubin.read_bytes())
-            self._functions = {}
-            for dtype, name in ENTRY_POINTS.items():
-                function = self._module.get_function(name)
-                function.prepare("PPPPiii")
-                self._functions[dtype] = function
-        finally:
-            driver.Context.pop()
-        self._bridge: tuple[Any, torch.cuda.ExternalStream] | None = None
+        self.launcher = launcher
+        self._launcher: Launcher = create_launcher(launcher, device, cubin.read_bytes())
+        self._functions = {name: self._launcher.function(name) for name in entry_points()}
+        self.multiprocessors = torch.cuda.get_device_properties(device).multi_processor_count
 
-    def _bridge_stream(self) -> tuple[Any, torch.cuda.ExternalStream]:
-        if self._bridge is None:
-            stream = self._driver.Stream()  # created while our context is pushed
-            self._bridge = (stream, torch.cuda.ExternalStream(stream.handle, device=self.device))
-        return self._bridge
+    def __call__(
+        self,
+        z: torch.Tensor,
+        memory: torch.Tensor,
+        k: int,
+        score: torch.Tensor,
+        index: torch.Tensor,
+        distance: torch.Tensor | None = None,
+        *,
+        synchronize: bool = False,
+    ) -> None:
+        """Enqueue the two launches on torch's current stream of :attr:`device` (asynchronous).
 
-    def __call__(self, z: torch.Tensor, memory: torch.Tensor, score: torch.Tensor, index: torch.Tensor) -> None:
-        """Enqueue one launch on torch's current stream of :attr:`device` (asynchronous)."""
+        Args:
+            z: ``(N, D)`` float32/float16 cuda, contiguous, ``N >= 1``.
+            memory: ``(K, D)``, same dtype, contiguous, ``K >= k``.
+            k: nearest items averaged into the score, ``1 <= k <= 8``.
+            score: ``(N,) float32`` output.
+            index: ``(N,) int64`` output.
+            distance: ``(N,) float32`` output (nearest distance) or ``None``.
+            synchronize: wait for the stream and check it (tests, debugging): asynchronous errors then
+                surface here, named.
+
+        Raises:
+            KernelLaunchError: a launch (or, with ``synchronize``, the kernel) failed; names kernel and shapes.
+        """
         n, d = z.shape
-        k = memory.shape[0]
-        function = self._functions[z.dtype]
-        grid = ((n + TILE_N - 1) // TILE_N, 1, 1)
-        args = (z.data_ptr(), memory.data_ptr(), score.data_ptr(), index.data_ptr(), n, k, d)
-        current = torch.cuda.current_stream(self.device)
-        self._context.push()
+        items = memory.shape[0]
+        dt = DTYPES[z.dtype]
+        splits, per_split = plan_splits(n, items, self.multiprocessors)
+        part_val = torch.empty((n, splits, k), dtype=torch.float32, device=self.device)
+        part_idx = torch.empty((n, splits, k), dtype=torch.int32, device=self.device)
+        shapes = f"N={n} K={items} D={d} k={k} {z.dtype}".replace("torch.", "")
+        partial = f"nearest_partial_{dt}_k{k}"
+        grid = (math.ceil(n / TILE_N), splits, 1)
+        args = [("ptr", z.data_ptr()), ("ptr", memory.data_ptr()), ("ptr", part_val.data_ptr())]
+        args += [("ptr", part_idx.data_ptr()), ("int", n), ("int", items), ("int", d), ("int", per_split)]
+        self._launch(partial, grid, BLOCK, args, shapes)
+        merge = f"nearest_merge_{dt}_k{k}"
+        grid = (math.ceil(n / MERGE_PATCHES), 1, 1)
+        args = [("ptr", z.data_ptr()), ("ptr", part_val.data_ptr()), ("ptr", part_idx.data_ptr())]
+        args += [("ptr", score.data_ptr()), ("ptr", index.data_ptr())]
+        args += [("ptr", distance.data_ptr() if distance is not None else 0), ("int", n), ("int", d), ("int", splits)]
+        self._launch(merge, grid, MERGE_BLOCK, args, shapes)
+        if synchronize:
+            try:
+                self._launcher.synchronize()
+            except KernelLaunchError as err:
+                raise KernelLaunchError(f"{partial}/{merge} ({shapes}, S={splits}): {err}") from err
+
+    def _launch(
+        self, name: str, grid: tuple[int, int, int], block: tuple[int, int, int], args: list, shapes: str
+    ) -> None:
         try:
-            if current.cuda_stream == 0:
-                function.prepared_async_call(grid, BLOCK, None, *args)
-            else:
-                stream, external = self._bridge_stream()
-                external.wait_stream(current)
-                function.prepared_async_call(grid, BLOCK, stream, *args)
-                current.wait_stream(external)
-        finally:
-            self._driver.Context.pop()
+            self._launcher.launch(self._functions[name], grid, block, args)
+        except KernelLaunchError as err:
+            raise KernelLaunchError(f"{name} ({shapes}, grid {grid}, block {block}): {err}") from err
+
+
+def _compilers(preference: str) -> list[str]:
+    if preference == "auto":
+        found = available_compilers()
+        if not found:
+            find_nvrtc()  # raises MissingDependencyError naming what is missing
+        return found
+    if preference not in COMPILERS:
+        raise InputError(f"compiler: expected one of {['auto', *COMPILERS]}, got {preference!r}")
+    return [preference]
 
 
 @functools.cache
-def _load(index: int, cache_dir: str | None) -> NearestMemoryKernel:
+def _load(index: int, launcher: str, compiler: str, cache_dir: str | None) -> NearestMemoryKernel:
     device = torch.device("cuda", index)
-    cubin = compile_kernel(device_arch(index), cache_dir=cache_dir)
-    kernel = NearestMemoryKernel(device, cubin)
-    log.info(
-        "nearest-memory kernel loaded on %s (%s, %s)", torch.cuda.get_device_name(index), device_arch(index), cubin
+    arch = device_arch(index)
+    errors = []
+    for name in _compilers(compiler):
+        try:
+            cubin = compile_kernel(arch, compiler=name, cache_dir=cache_dir)
+            kernel = NearestMemoryKernel(device, cubin, launcher)
+        except (KernelCompileError, KernelLaunchError, MissingDependencyError) as err:
+            log.warning("nearest-memory kernel: %s did not give a loadable kernel: %s", name, err)
+            errors.append(f"{name}: {err}")
+            continue
+        log.info(
+            "nearest-memory kernel on %s (%s, %s, %s launcher)",
+            torch.cuda.get_device_name(index),
+            arch,
+            cubin.name,
+            launcher,
+        )
+        return kernel
+    raise KernelCompileError(
+        f"nearest-memory kernel: no compiler gave a kernel that loads on {arch}: " + "; ".join(errors)
     )
-    return kernel
 
 
 def load_kernel(
-    device: torch.device | str | int | None = None, cache_dir: str | Path | None = None
+    device: torch.device | str | int | None = None,
+    cache_dir: str | Path | None = None,
+    *,
+    launcher: str = "auto",
+    compiler: str = "auto",
 ) -> NearestMemoryKernel:
     """Compile (once per architecture, cached on disk) and load the kernel for a CUDA device (once per process).
 
+    Args:
+        device: a CUDA device (default: torch's current one).
+        cache_dir: cache root for the cubin.
+        launcher: ``driver`` (ctypes, on torch's stream itself), ``pycuda`` or ``auto`` (= ``driver``).
+        compiler: ``nvrtc``, ``nvcc`` or ``auto`` (NVRTC first, then nvcc, the next one if a cubin will not load).
+
     Raises:
         BackendUnavailableError: no CUDA GPU visible to torch.
-        MissingDependencyError: no pycuda or no nvcc (and no cached cubin).
-        KernelCompileError: nvcc failed.
+        MissingDependencyError: no compiler, or no pycuda for ``launcher="pycuda"``.
+        KernelCompileError: compilation or loading failed with every compiler.
     """
     if not torch.cuda.is_available():
         raise BackendUnavailableError("CUDA kernel: no CUDA GPU visible to torch")
     dev = torch.device("cuda", device) if isinstance(device, int) else torch.device(device or "cuda")
     if dev.type != "cuda":
         raise InputError(f"CUDA kernel: expected a CUDA device, got {str(dev)!r}")
+    if launcher not in ("auto", *LAUNCHERS):
+        raise InputError(f"launcher: expected one of {['auto', *LAUNCHERS]}, got {launcher!r}")
     index = dev.index if dev.index is not None else torch.cuda.current_device()
-    _import_pycuda_driver()
-    return _load(index, str(cache_dir) if cache_dir is not None else None)
+    chosen = "driver" if launcher == "auto" else launcher
+    if chosen == "pycuda":
+        from lemo_edge.runtime.kernels.driver import import_pycuda_driver
+
+        import_pycuda_driver()
+    return _load(index, chosen, compiler, str(cache_dir) if cache_dir is not None else None)
 
 
 def kernel_status() -> tuple[bool, str]:
-    """Whether the kernel could load here, without compiling or importing pycuda's driver module."""
-    if find_spec("pycuda") is None:
-        return False, f"pycuda is not installed; install it with: {PYCUDA_HINT}"
+    """Whether the kernel could load here, without compiling or touching the GPU's driver."""
     if not torch.cuda.is_available():
         return False, "no CUDA GPU visible to torch"
-    try:
-        nvcc = find_nvcc()
-    except MissingDependencyError as err:
-        return False, str(err)
-    return True, f"{device_arch()} on {torch.cuda.get_device_name()}, compiled with {nvcc}"
+    compilers = available_compilers()
+    if not compilers:
+        return False, "no CUDA compiler: torch's CUDA wheels ship NVRTC, or install the CUDA toolkit (nvcc)"
+    pycuda = "pycuda launcher available" if find_spec("pycuda") else "pycuda not installed (driver launcher only)"
+    return True, f"k <= {MAX_K}, {device_arch()} on {torch.cuda.get_device_name()}, compilers {compilers}, {pycuda}"

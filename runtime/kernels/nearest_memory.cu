@@ -1,168 +1,289 @@
-// Nearest-memory scoring in one pass: for each of N patch embeddings z (D dims), the distance to its
-// nearest memory item (K items, D dims) and that item's index, without ever writing an N x K matrix.
+// Nearest-memory scoring: for each of N patch embeddings z (D dims), its KT nearest memory items (K items,
+// D dims), never writing an N x K matrix. One source for nvcc and NVRTC: no #include (float16 values are
+// read as raw 16-bit words and converted with the PTX `cvt.f32.f16` instruction).
 //
-// Contract (matches lemo_edge.scoring.nearest_memory with k=1; k > 1 is not supported by this kernel):
-//   score[n] = sqrt(min_k ||z[n] - memory[k]||^2)    float32
-//   index[n] = argmin_k ||z[n] - memory[k]||^2        int64; ties -> the smallest index, like torch.min,
-//                                                     whose documentation returns the first minimal index
-// Inputs are row-major contiguous; both float32 (nearest_memory_f32) or both float16 (nearest_memory_f16).
-// Accumulation is always float32.
+// Contract (lemo_edge.scoring.nearest_memory with k = KT, 1 <= KT <= 8, KT <= K):
+//   score[n]    = mean over the KT nearest items of sqrt(max(d2, 0))            float32
+//   index[n]    = the nearest item                                               int64
+//   distance[n] = sqrt(max(d2, 0)) of the nearest item (written when KT > 1)     float32
+// with d2 = |m|^2 - 2 z.m + |z|^2, the reference's expanded form, accumulated in float32 (inputs float32, or
+// float16 converted to float32 when read). Items are ordered by (d2, index): equal distances go to the smaller
+// index. A NaN distance makes the patch's score and distance NaN (torch.min does the same for k = 1); its index
+// is then the nearest non-NaN item (0 if none).
 //
-// Distance: the sum of squared differences (z - m)^2 over D, accumulated in float32 in dimension order.
-// Unlike the expanded form |z|^2 - 2 z.m + |m|^2 used by the torch reference, it cannot cancel
-// catastrophically or go negative, so no clamping is needed, and two identical memory rows give
-// bit-identical distances (exact ties). Scores therefore agree with the reference to float32
-// rounding of the reference's expanded form; indices agree wherever the two nearest items are not
-// within that rounding of each other.
-// NaN: a NaN distance wins over any number (torch.min propagates NaN); among NaNs the first index wins.
-//
-// Tiling: a block of 16 x 16 threads owns kTileN = 32 patches. It walks the memory in tiles of
-// kTileK = 64 items; for each tile it walks D in chunks of kTileD = 16, staging the 32 x 16 patch chunk
-// and the 64 x 16 memory chunk in shared memory (transposed, padded against bank conflicts). Each
-// thread accumulates a 2 x 4 micro-tile of squared distances (patches ty + 16 i, items tx + 16 j), folds
-// it into its running (best, index) per patch, and at the end the 16 threads sharing a patch reduce
-// with warp shuffles. Out-of-range patches, items and dimensions are zero-padded / skipped, so any
-// N >= 1, K >= 1, D >= 1 works (N, K, D < 2^31). Grid: ceil(N / 32) blocks of (16, 16) threads.
-#include <cuda_fp16.h>
+// Two kernels, launched back to back on the same stream:
+// 1. nearest_partial_<dtype>_k<KT>: grid (ceil(N / 64), S). Block (x, s) owns 64 patches and the items
+//    [s * per_split, (s + 1) * per_split) of the memory. It walks them in tiles of 64 items; for each tile it
+//    walks D in chunks of 16, staging the 64 x 16 patch chunk and the 64 x 16 memory chunk in shared memory
+//    (transposed) while the staging threads accumulate each item's |m|^2. Each of the 16 x 16 threads owns a
+//    4 x 4 micro-tile (patches 4 ty .. 4 ty + 3, items 4 tx .. 4 tx + 3), read from shared memory as float4,
+//    and keeps a sorted top-KT list per patch in registers. At the end the 16 threads sharing patches merge
+//    their lists with xor shuffles, and lane tx = 0 writes the block's top-KT (|m|^2 - 2 z.m, index) per patch
+//    to part_val / part_idx [N][S][KT].
+// 2. nearest_merge_<dtype>_k<KT>: one warp per patch (8 per block of 256): |z|^2 with a coalesced read of the
+//    row, the S * KT candidates spread over the lanes, merged with xor shuffles; lane 0 writes the outputs.
+// Splitting the memory over S blocks keeps a GPU busy when N is small (one 256x256 frame gives N = 1024,
+// 16 patch tiles). Any N >= 1, K >= 1, D >= 1 (N * S * KT and N * D, K * D < 2^63; N, K, D < 2^31).
+#define LEMO_FULL_MASK 0xffffffffu
 
 namespace {
 
 constexpr int kThreadsX = 16;  // threads across memory items
 constexpr int kThreadsY = 16;  // threads across patches
 constexpr int kThreads = kThreadsX * kThreadsY;
-constexpr int kPatchesPerThread = 2;
+constexpr int kPatchesPerThread = 4;
 constexpr int kItemsPerThread = 4;
-constexpr int kTileN = kThreadsY * kPatchesPerThread;  // 32 patches per block
+constexpr int kTileN = kThreadsY * kPatchesPerThread;  // 64 patches per block
 constexpr int kTileK = kThreadsX * kItemsPerThread;    // 64 memory items per tile
 constexpr int kTileD = 16;                             // dimensions staged at a time
+constexpr int kPad = 4;                                // keeps rows 16-byte aligned for float4 reads
+constexpr int kMergeThreads = 256;                     // 8 warps, one patch each
 constexpr int kNoIndex = 0x7fffffff;
 
-__device__ __forceinline__ float to_float(float x) { return x; }
-__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
+static_assert(kTileN * kTileD == 4 * kThreads, "each thread stages 4 values of the patch chunk");
+static_assert(kTileK * kTileD == 4 * kThreads, "each thread stages 4 values of the memory chunk");
 
-// Whether candidate (d, i) replaces (best, best_i): smaller distance, NaN first, ties -> smaller index.
-__device__ __forceinline__ bool better(float d, int i, float best, int best_i) {
-  const bool d_nan = isnan(d);
-  const bool b_nan = isnan(best);
-  if (d_nan != b_nan) return d_nan;
-  if (d_nan) return i < best_i;
-  return d < best || (d == best && i < best_i);
+__device__ __forceinline__ float load(const float* __restrict__ p, size_t i) { return p[i]; }
+__device__ __forceinline__ float load(const unsigned short* __restrict__ p, size_t i) {
+  const unsigned short bits = p[i];
+  float value;
+  asm("cvt.f32.f16 %0, %1;" : "=f"(value) : "h"(bits));
+  return value;
 }
 
-template <typename T>
-__device__ __forceinline__ void nearest_memory_impl(const T* __restrict__ z, const T* __restrict__ memory,
-                                                    float* __restrict__ score, long long* __restrict__ index,
-                                                    int n, int k, int d) {
-  __shared__ float zs[kTileD][kTileN + 1];
-  __shared__ float ms[kTileD][kTileK + 1];
+// (a, ia) before (b, ib): smaller distance, then smaller index. NaN is never before anything.
+__device__ __forceinline__ bool before(float a, int ia, float b, int ib) { return a < b || (a == b && ia < ib); }
+
+// Insert (x, xi) into the sorted list (v, ix) of length KT if it belongs there (registers only: fully unrolled).
+template <int KT>
+__device__ __forceinline__ void insert(float (&v)[KT], int (&ix)[KT], float x, int xi) {
+  if (!before(x, xi, v[KT - 1], ix[KT - 1])) return;
+  v[KT - 1] = x;
+  ix[KT - 1] = xi;
+#pragma unroll
+  for (int r = KT - 1; r > 0; --r) {
+    if (before(v[r], ix[r], v[r - 1], ix[r - 1])) {
+      const float tv = v[r];
+      v[r] = v[r - 1];
+      v[r - 1] = tv;
+      const int ti = ix[r];
+      ix[r] = ix[r - 1];
+      ix[r - 1] = ti;
+    }
+  }
+}
+
+// Merge the list of the lane `offset` away (xor) into this lane's; both lanes end with the same list.
+template <int KT>
+__device__ __forceinline__ void merge_lane(float (&v)[KT], int (&ix)[KT], int offset) {
+  float ov[KT];
+  int oi[KT];
+#pragma unroll
+  for (int r = 0; r < KT; ++r) {
+    ov[r] = __shfl_xor_sync(LEMO_FULL_MASK, v[r], offset);
+    oi[r] = __shfl_xor_sync(LEMO_FULL_MASK, ix[r], offset);
+  }
+#pragma unroll
+  for (int r = 0; r < KT; ++r) insert<KT>(v, ix, ov[r], oi[r]);
+}
+
+template <typename T, int KT>
+__device__ __forceinline__ void partial_impl(const T* __restrict__ z, const T* __restrict__ memory,
+                                             float* __restrict__ part_val, int* __restrict__ part_idx, int n, int k,
+                                             int d, int per_split) {
+  __shared__ __align__(16) float zs[kTileD][kTileN + kPad];
+  __shared__ __align__(16) float ms[kTileD][kTileK + kPad];
+  __shared__ float msq[kTileK];
 
   const int tx = threadIdx.x;
   const int ty = threadIdx.y;
   const int tid = ty * kThreadsX + tx;
   const int n0 = blockIdx.x * kTileN;
+  const int split = blockIdx.y;
+  const int splits = gridDim.y;
+  const int k_begin = split * per_split;
+  const int k_end = min(k, k_begin + per_split);
+  // Staging: thread tid loads dims [4 (tid % 4), +4) of row tid / 4 of both chunks; the 4 threads of a row are
+  // consecutive lanes, so their partial |m|^2 reduce with two shuffles.
+  const int srow = tid >> 2;
+  const int scol = (tid & 3) * 4;
 
-  float best[kPatchesPerThread];
-  int best_i[kPatchesPerThread];
+  float best[kPatchesPerThread][KT];
+  int best_i[kPatchesPerThread][KT];
+  int nan_mask = 0;
 #pragma unroll
-  for (int p = 0; p < kPatchesPerThread; ++p) {
-    best[p] = __int_as_float(0x7f800000);  // +inf
-    best_i[p] = kNoIndex;
-  }
+  for (int p = 0; p < kPatchesPerThread; ++p)
+#pragma unroll
+    for (int r = 0; r < KT; ++r) {
+      best[p][r] = __int_as_float(0x7f800000);  // +inf
+      best_i[p][r] = kNoIndex;
+    }
 
-  for (int k0 = 0; k0 < k; k0 += kTileK) {
+  const int patch_row = n0 + srow;
+  for (int k0 = k_begin; k0 < k_end; k0 += kTileK) {
     float acc[kPatchesPerThread][kItemsPerThread];
 #pragma unroll
     for (int p = 0; p < kPatchesPerThread; ++p)
 #pragma unroll
       for (int j = 0; j < kItemsPerThread; ++j) acc[p][j] = 0.0f;
+    float sq = 0.0f;
+    const int item_row = k0 + srow;
 
     for (int d0 = 0; d0 < d; d0 += kTileD) {
-      // Stage the chunks; consecutive threads read consecutive dimensions of a row (coalesced).
-      for (int e = tid; e < kTileN * kTileD; e += kThreads) {
-        const int row = e / kTileD;
-        const int col = e % kTileD;
-        const int patch = n0 + row;
-        const int dim = d0 + col;
-        zs[col][row] = (patch < n && dim < d) ? to_float(z[static_cast<size_t>(patch) * d + dim]) : 0.0f;
-      }
-      for (int e = tid; e < kTileK * kTileD; e += kThreads) {
-        const int row = e / kTileD;
-        const int col = e % kTileD;
-        const int item = k0 + row;
-        const int dim = d0 + col;
-        ms[col][row] = (item < k && dim < d) ? to_float(memory[static_cast<size_t>(item) * d + dim]) : 0.0f;
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const int dim = d0 + scol + q;
+        const bool in_d = dim < d;
+        zs[scol + q][srow] = (patch_row < n && in_d) ? load(z, static_cast<size_t>(patch_row) * d + dim) : 0.0f;
+        const float mv = (item_row < k_end && in_d) ? load(memory, static_cast<size_t>(item_row) * d + dim) : 0.0f;
+        ms[scol + q][srow] = mv;
+        sq = fmaf(mv, mv, sq);
       }
       __syncthreads();
 #pragma unroll
       for (int c = 0; c < kTileD; ++c) {
-        float a[kPatchesPerThread];
-        float b[kItemsPerThread];
-#pragma unroll
-        for (int p = 0; p < kPatchesPerThread; ++p) a[p] = zs[c][ty + p * kThreadsY];
-#pragma unroll
-        for (int j = 0; j < kItemsPerThread; ++j) b[j] = ms[c][tx + j * kThreadsX];
+        const float4 a4 = *reinterpret_cast<const float4*>(&zs[c][ty * kPatchesPerThread]);
+        const float4 b4 = *reinterpret_cast<const float4*>(&ms[c][tx * kItemsPerThread]);
+        const float a[kPatchesPerThread] = {a4.x, a4.y, a4.z, a4.w};
+        const float b[kItemsPerThread] = {b4.x, b4.y, b4.z, b4.w};
 #pragma unroll
         for (int p = 0; p < kPatchesPerThread; ++p)
 #pragma unroll
-          for (int j = 0; j < kItemsPerThread; ++j) {
-            const float diff = a[p] - b[j];
-            acc[p][j] = fmaf(diff, diff, acc[p][j]);
-          }
+          for (int j = 0; j < kItemsPerThread; ++j) acc[p][j] = fmaf(a[p], b[j], acc[p][j]);
       }
       __syncthreads();
     }
 
-    // Items of this thread ascend with j, so a strict comparison keeps the first of equal distances.
+    sq += __shfl_xor_sync(LEMO_FULL_MASK, sq, 1);
+    sq += __shfl_xor_sync(LEMO_FULL_MASK, sq, 2);
+    if ((tid & 3) == 0) msq[srow] = sq;
+    __syncthreads();
+    // This thread's items ascend with j and with k0.
 #pragma unroll
     for (int j = 0; j < kItemsPerThread; ++j) {
-      const int item = k0 + tx + j * kThreadsX;
-      if (item < k) {
+      const int item = k0 + tx * kItemsPerThread + j;
+      if (item < k_end) {
+        const float m2 = msq[tx * kItemsPerThread + j];
 #pragma unroll
         for (int p = 0; p < kPatchesPerThread; ++p) {
-          if (better(acc[p][j], item, best[p], best_i[p])) {
-            best[p] = acc[p][j];
-            best_i[p] = item;
-          }
+          const float value = fmaf(-2.0f, acc[p][j], m2);
+          if (isnan(value)) nan_mask |= 1 << p;
+          insert<KT>(best[p], best_i[p], value, item);
         }
       }
     }
+    __syncthreads();  // msq is rewritten by the next tile
   }
 
-  // The 16 threads sharing patches are lanes 0-15 or 16-31 of one warp: reduce with xor shuffles.
+  // The 16 threads sharing patches are lanes 0-15 or 16-31 of one warp: xor offsets below 16 stay inside.
 #pragma unroll
   for (int offset = kThreadsX / 2; offset > 0; offset >>= 1) {
 #pragma unroll
-    for (int p = 0; p < kPatchesPerThread; ++p) {
-      const float other = __shfl_xor_sync(0xffffffffu, best[p], offset);
-      const int other_i = __shfl_xor_sync(0xffffffffu, best_i[p], offset);
-      if (better(other, other_i, best[p], best_i[p])) {
-        best[p] = other;
-        best_i[p] = other_i;
-      }
-    }
+    for (int p = 0; p < kPatchesPerThread; ++p) merge_lane<KT>(best[p], best_i[p], offset);
+    nan_mask |= __shfl_xor_sync(LEMO_FULL_MASK, nan_mask, offset);
   }
   if (tx == 0) {
 #pragma unroll
     for (int p = 0; p < kPatchesPerThread; ++p) {
-      const int patch = n0 + ty + p * kThreadsY;
+      const int patch = n0 + ty * kPatchesPerThread + p;
       if (patch < n) {
-        score[patch] = sqrtf(best[p]);
-        index[patch] = static_cast<long long>(best_i[p]);
+        const size_t base = (static_cast<size_t>(patch) * splits + split) * KT;
+#pragma unroll
+        for (int r = 0; r < KT; ++r) {
+          part_val[base + r] = best[p][r];
+          part_idx[base + r] = best_i[p][r];
+        }
+        if (nan_mask & (1 << p)) part_val[base + KT - 1] = __int_as_float(0x7fc00000);  // NaN marker
       }
     }
+  }
+}
+
+template <typename T, int KT>
+__device__ __forceinline__ void merge_impl(const T* __restrict__ z, const float* __restrict__ part_val,
+                                           const int* __restrict__ part_idx, float* __restrict__ score,
+                                           long long* __restrict__ index, float* __restrict__ distance, int n, int d,
+                                           int splits) {
+  const int lane = threadIdx.x & 31;
+  const int patch = blockIdx.x * (kMergeThreads / 32) + (threadIdx.x >> 5);
+  if (patch >= n) return;  // uniform per warp
+
+  float zsq = 0.0f;
+  for (int dim = lane; dim < d; dim += 32) {
+    const float value = load(z, static_cast<size_t>(patch) * d + dim);
+    zsq = fmaf(value, value, zsq);
+  }
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) zsq += __shfl_xor_sync(LEMO_FULL_MASK, zsq, offset);
+
+  float v[KT];
+  int ix[KT];
+#pragma unroll
+  for (int r = 0; r < KT; ++r) {
+    v[r] = __int_as_float(0x7f800000);
+    ix[r] = kNoIndex;
+  }
+  bool bad = false;
+  const int total = splits * KT;
+  const size_t base = static_cast<size_t>(patch) * total;
+  for (int c = lane; c < total; c += 32) {
+    const float x = part_val[base + c];
+    bad |= isnan(x);
+    insert<KT>(v, ix, x, part_idx[base + c]);
+  }
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) merge_lane<KT>(v, ix, offset);
+  bad = __any_sync(LEMO_FULL_MASK, bad);
+
+  if (lane == 0) {
+    float sum = 0.0f;
+    float nearest = 0.0f;
+#pragma unroll
+    for (int r = 0; r < KT; ++r) {
+      const float root = sqrtf(fmaxf(v[r] + zsq, 0.0f));
+      if (r == 0) nearest = root;
+      sum += root;
+    }
+    const float nan = __int_as_float(0x7fc00000);
+    score[patch] = bad ? nan : sum / static_cast<float>(KT);
+    index[patch] = static_cast<long long>(ix[0] == kNoIndex ? 0 : ix[0]);
+    if (distance != nullptr) distance[patch] = bad ? nan : nearest;
   }
 }
 
 }  // namespace
 
-extern "C" __global__ void __launch_bounds__(kThreads)
-    nearest_memory_f32(const float* __restrict__ z, const float* __restrict__ memory, float* __restrict__ score,
-                       long long* __restrict__ index, int n, int k, int d) {
-  nearest_memory_impl<float>(z, memory, score, index, n, k, d);
-}
+#define LEMO_NEAREST_KERNELS(KT)                                                                                     \
+  extern "C" __global__ void __launch_bounds__(kThreads)                                                             \
+      nearest_partial_f32_k##KT(const float* __restrict__ z, const float* __restrict__ memory,                        \
+                                float* __restrict__ part_val, int* __restrict__ part_idx, int n, int k, int d,        \
+                                int per_split) {                                                                     \
+    partial_impl<float, KT>(z, memory, part_val, part_idx, n, k, d, per_split);                                      \
+  }                                                                                                                  \
+  extern "C" __global__ void __launch_bounds__(kThreads)                                                             \
+      nearest_partial_f16_k##KT(const unsigned short* __restrict__ z, const unsigned short* __restrict__ memory,      \
+                                float* __restrict__ part_val, int* __restrict__ part_idx, int n, int k, int d,        \
+                                int per_split) {                                                                     \
+    partial_impl<unsigned short, KT>(z, memory, part_val, part_idx, n, k, d, per_split);                             \
+  }                                                                                                                  \
+  extern "C" __global__ void __launch_bounds__(kMergeThreads)                                                        \
+      nearest_merge_f32_k##KT(const float* __restrict__ z, const float* __restrict__ part_val,                        \
+                              const int* __restrict__ part_idx, float* __restrict__ score,                           \
+                              long long* __restrict__ index, float* __restrict__ distance, int n, int d, int splits) { \
+    merge_impl<float, KT>(z, part_val, part_idx, score, index, distance, n, d, splits);                              \
+  }                                                                                                                  \
+  extern "C" __global__ void __launch_bounds__(kMergeThreads)                                                        \
+      nearest_merge_f16_k##KT(const unsigned short* __restrict__ z, const float* __restrict__ part_val,               \
+                              const int* __restrict__ part_idx, float* __restrict__ score,                           \
+                              long long* __restrict__ index, float* __restrict__ distance, int n, int d, int splits) { \
+    merge_impl<unsigned short, KT>(z, part_val, part_idx, score, index, distance, n, d, splits);                     \
+  }
 
-extern "C" __global__ void __launch_bounds__(kThreads)
-    nearest_memory_f16(const __half* __restrict__ z, const __half* __restrict__ memory, float* __restrict__ score,
-                       long long* __restrict__ index, int n, int k, int d) {
-  nearest_memory_impl<__half>(z, memory, score, index, n, k, d);
-}
+LEMO_NEAREST_KERNELS(1)
+LEMO_NEAREST_KERNELS(2)
+LEMO_NEAREST_KERNELS(3)
+LEMO_NEAREST_KERNELS(4)
+LEMO_NEAREST_KERNELS(5)
+LEMO_NEAREST_KERNELS(6)
+LEMO_NEAREST_KERNELS(7)
+LEMO_NEAREST_KERNELS(8)

@@ -127,17 +127,54 @@ def test_physical_cores_is_positive() -> None:
     assert 1 <= physical_cores() <= (torch.multiprocessing.cpu_count() or 1)
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize(("precision", "cuda_graph"), [("fp32", False), ("fp32", True), ("fp16", True)])
-def test_torch_cuda_matches_cpu(backends: dict, precision: str, cuda_graph: bool) -> None:
+@pytest.fixture(scope="module")
+def cpu_extractor():  # noqa: ANN201
     from lemo_edge.backbone import create_feature_extractor
 
-    gpu = TorchFeatureExtractor(create_feature_extractor(), "cuda", precision, cuda_graph)
-    images = torch.randint(0, 256, (2, 3, 256, 256), dtype=torch.uint8)
-    expected = backends["torch"](images)
-    for _ in range(2):  # second call replays the captured graph
-        got = gpu(images.cuda()).float().cpu()
-    # fp32 convolutions on CUDA may use TF32 (10-bit mantissa): compare relative to the feature range
-    tolerance = (1e-2 if precision == "fp32" else 5e-2) * float(expected.abs().max())
-    assert float((got - expected).abs().max()) <= tolerance
+    try:
+        return create_feature_extractor()
+    except MissingDependencyError as err:
+        pytest.skip(f"default backbone weights not installed: {err}")
+
+
+# Tolerances of the CUDA backbone against the CPU fp32 features, relative to the largest feature magnitude:
+# fp32 1e-2 (cuDNN may pick TF32 convolutions, a 10-bit mantissa), fp16 5e-2 (fp16 activations through 13
+# blocks). CUDA graphs replay the captured kernels: they must equal eager on the GPU up to 1e-3 of that
+# magnitude (cuDNN may choose other kernels under capture).
+TOLERANCE = {"fp32": 1e-2, "fp16": 5e-2}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_torch_cuda_matches_cpu_and_graphs_match_eager(cpu_extractor, precision: str) -> None:  # noqa: ANN001
+    import copy
+
+    images = torch.randint(0, 256, (2, 3, 256, 256), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
+    expected = TorchFeatureExtractor(copy.deepcopy(cpu_extractor), "cpu")(images)
+    scale = float(expected.abs().max())
+    eager = TorchFeatureExtractor(copy.deepcopy(cpu_extractor), "cuda", precision, cuda_graph=False)
+    graphed = TorchFeatureExtractor(copy.deepcopy(cpu_extractor), "cuda", precision, cuda_graph=True)
+    assert eager.device.type == "cuda" and eager.device.index is not None
+    got = eager(images.cuda())
+    assert got.shape == expected.shape and got.dtype == torch.float32 and got.device == eager.device
+    assert float((got.cpu() - expected).abs().max()) <= TOLERANCE[precision] * scale
+    first = graphed(images.cuda()).clone()  # captures
+    second = graphed(images.cuda())  # replays into the same output buffer
+    assert graphed._graph is not None and second.data_ptr() == graphed(images.cuda()).data_ptr()
+    for out in (first, second):
+        assert float((out - got).abs().max()) <= 1e-3 * scale
+    other = torch.randint(0, 256, (2, 3, 256, 256), dtype=torch.uint8, generator=torch.Generator().manual_seed(6))
+    replayed = graphed(other.cuda()).clone()  # new content, same shape: the graph reads the new images
+    assert float((replayed - eager(other.cuda())).abs().max()) <= 1e-3 * scale
+    single = graphed(images[:1].cuda())  # another shape runs eagerly
+    assert float((single - got[:1]).abs().max()) <= 1e-3 * scale
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_torch_cuda_backend_from_the_registry(cpu_extractor) -> None:  # noqa: ANN001
+    backend = create_backend("torch", device="cuda", precision="fp16")
+    assert isinstance(backend, FeatureBackend) and backend.device.type == "cuda"
+    out = backend(torch.zeros(1, 3, 256, 256, dtype=torch.uint8))
+    assert out.shape == (1, 152, 32, 32) and out.dtype == torch.float32 and bool(torch.isfinite(out).all())

@@ -318,8 +318,8 @@ def test_scorer_resolution_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     cpu = torch.device("cpu")
     scorer, reason = resolve_scorer("auto", CONFIG, cpu)
     assert scorer is None and "torch reference" in reason
-    with pytest.raises(InputError, match="the kernel supports k=1 only, got k=3"):
-        resolve_scorer("cuda", CONFIG, cpu)
+    with pytest.raises(InputError, match=r"the kernel supports 1 <= k <= 8, got k=9"):
+        resolve_scorer("cuda", CONFIG.replace(score_k=9), cpu)
     if not torch.cuda.is_available():
         with pytest.raises(BackendUnavailableError, match="no CUDA GPU"):
             resolve_scorer("cuda", CONFIG.replace(score_k=1), cpu)
