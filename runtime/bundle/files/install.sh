@@ -255,9 +255,16 @@ fi
 
 torch_version=""
 vision_version=""
+# installed_version MODULE DIST: the version pip knows DIST by (its metadata), if MODULE imports. Not __version__:
+# PyPI's aarch64 CPU torch says 2.10.0+cpu there and 2.10.0 in its metadata, and a pin on the former excludes it.
+installed_version() {
+    local code='import importlib, importlib.metadata as m, sys; importlib.import_module(sys.argv[1])
+print(m.version(sys.argv[2]))'
+    "$VENV_PY" -c "$code" "$1" "$2" 2>/dev/null || true
+}
 if [[ -x $VENV_PY ]]; then
-    torch_version=$("$VENV_PY" -c 'import torch; print(torch.__version__)' 2>/dev/null || true)
-    vision_version=$("$VENV_PY" -c 'import torchvision; print(torchvision.__version__)' 2>/dev/null || true)
+    torch_version=$(installed_version torch torch)
+    vision_version=$(installed_version torchvision torchvision)
 fi
 if [[ -z $torch_version || -z $vision_version ]]; then
     msg="NVIDIA's PyTorch and torchvision for JetPack 6 must be installed for $PYTHON first (docs/jetson.md, step 3)"
@@ -308,13 +315,28 @@ elif ((STATE_EXISTS)); then
 fi
 
 # -- systemd --------------------------------------------------------------------------------------------------------
+# daemon-reload and restart need systemd running as PID 1 (sd_booted: /run/systemd/system). In a chroot, a container
+# or an image being prepared it is not: the unit is installed and enabled (offline) and starts at the next boot.
+SYSTEMD_UP=0
+[[ -d /run/systemd/system ]] && SYSTEMD_UP=1
+# systemctl_online ARGS...: a systemctl command that needs the running systemd; skipped, and said so, without one.
+systemctl_online() {
+    if ((SYSTEMD_UP || DRY_RUN)); then
+        run systemctl "$@"
+    else
+        log "systemd is not running here (chroot, container or image): skipping systemctl $*"
+    fi
+}
 if [[ ! -f $UNIT_DIR/$SERVICE ]] || ! cmp -s "$BUNDLE_DIR/$SERVICE" "$UNIT_DIR/$SERVICE"; then
     run install -m 0644 "$BUNDLE_DIR/$SERVICE" "$UNIT_DIR/$SERVICE"
-    run systemctl daemon-reload
+    systemctl_online daemon-reload
 fi
 run systemctl enable "$SERVICE"
 if ((START)); then
-    run systemctl restart "$SERVICE"
+    systemctl_online restart "$SERVICE"
+fi
+if ((!SYSTEMD_UP)); then
+    warn "systemd is not running here: $SERVICE is installed and enabled and starts at the next boot"
 fi
 
 log "done. Follow it with: journalctl -u $SERVICE -f"
