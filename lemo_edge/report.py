@@ -87,13 +87,13 @@ def plot_roc(
 
 
 def plot_fewshot(
-    checkpoints: Sequence[int], series: dict[str, Sequence[float]], path: str | Path, ylabel: str = "AUROC"
+    checkpoints: Sequence[int], series: dict[str, Sequence[float | None]], path: str | Path, ylabel: str = "AUROC"
 ) -> Path:
     """Draw metrics against the number of images seen (log2 x axis) into a PNG.
 
     Args:
         checkpoints: ``(C,)`` positive image counts, e.g. ``[1, 2, 4, 8, 16, 24]``.
-        series: ``{name: (C,) values}``; NaN leaves a gap.
+        series: ``{name: (C,) values}``; NaN or None leaves a gap; a series with no value at all is left out.
         path: ``.png`` file to write.
         ylabel: y-axis label.
 
@@ -112,9 +112,11 @@ def plot_fewshot(
     fig = _figure(6, 4)
     ax = fig.add_subplot()
     for name, values in series.items():
-        y = np.asarray(values, dtype=np.float64)
+        y = np.asarray([np.nan if v is None else v for v in values], dtype=np.float64)
         if y.shape != x.shape:
             raise InputError(f"plot_fewshot: {name}: expected {x.size} values (one per checkpoint), got {y.size}")
+        if np.isnan(y).all():
+            continue
         ax.plot(x, y, marker="o", label=name)
     ax.set_xscale("log", base=2)
     ax.set_xticks(x, [f"{int(v)}" for v in x])
@@ -195,6 +197,25 @@ def plot_grid(
     axes[2, 0].set_title("true defect (contour)", fontsize=7)
     fig.colorbar(shown, ax=list(axes[1, :]), fraction=0.02, pad=0.01)
     return _save(fig, path, tight=False)  # tight_layout does not handle the shared colour bar
+
+
+NOT_AVAILABLE = "n/a"
+"""How a metric that cannot be computed (None, e.g. pixel metrics without masks) is written in tables and lines."""
+
+
+def format_metric(value: float | None, spec: str = ".3f") -> str:
+    """A metric as text: ``format(value, spec)``, or :data:`NOT_AVAILABLE` for None or NaN.
+
+    Args:
+        value: the metric, or None when not available.
+        spec: format spec of a number.
+
+    Returns:
+        e.g. ``"0.912"`` or ``"n/a"``.
+    """
+    if value is None or (isinstance(value, (float, np.floating)) and math.isnan(value)):
+        return NOT_AVAILABLE
+    return format(float(value), spec)
 
 
 def _cell(value: Any, floatfmt: str) -> str:

@@ -43,6 +43,8 @@ class Item:
         path: image file (None when ``make`` generates the sample).
         mask_path: mask of a defect image; None or a missing file means an all-zero mask.
         make: a picklable callable returning the Sample (synthetic items), or None.
+        has_mask: False when the dataset has image-level labels only: a defect image's mask is then unknown
+            (``Sample.mask`` None) rather than all zeros.
     """
 
     name: str
@@ -50,13 +52,14 @@ class Item:
     path: Path | None = None
     mask_path: Path | None = None
     make: Callable[[], Sample] | None = field(default=None, compare=False)
+    has_mask: bool = True
 
     def load(self) -> Sample:
         """Read the image (and mask) from disk, or generate it.
 
         Returns:
             A Sample: image ``(H, W, 3) uint8`` RGB; mask ``(H, W) uint8`` {0, 1}, all zeros for a
-            normal image (label 0).
+            normal image (label 0), None for a defect image without a known mask (``has_mask`` False).
 
         Raises:
             DatasetError: a file is missing or unreadable, a mask's size is not its image's, or the
@@ -68,7 +71,7 @@ class Item:
             raise DatasetError(f"item {self.name!r}: expected an image path or a generator, got neither")
         image = read_image(self.path)
         mask = None
-        if self.label == 1:
+        if self.label == 1 and self.has_mask:
             mask = read_mask(self.mask_path, image.shape[:2])
         elif self.label == 0:
             mask = np.zeros(image.shape[:2], np.uint8)

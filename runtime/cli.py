@@ -69,7 +69,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "source", help="0, /dev/videoN, csi://N, rtsp://..., a video file, a folder of images, synthetic://?..."
     )
-    p.add_argument("sinks", nargs="*", metavar="SINK", help="PATH.jsonl, overlays/, PATH.mp4, PATH.avi, display://N")
+    p.add_argument(
+        "sinks",
+        nargs="*",
+        metavar="SINK",
+        help="PATH.jsonl, overlays/, PATH.mp4, PATH.avi, display://N, mqtt://..., http://HOST:PORT (live view)",
+    )
     p.add_argument("--state", required=True, metavar="DIR", help="state folder: loaded at start, saved during the run")
     p.add_argument("--backend", choices=BACKEND_CHOICES, default="auto", help="feature backend (default: auto)")
     p.add_argument("--scorer", choices=SCORER_CHOICES, default="auto", help="nearest-memory scorer (default: auto)")
@@ -299,6 +304,10 @@ def run(args: argparse.Namespace) -> int:
                 updater = OnlineUpdater(LemoModel(config, spec))
                 log.info("state: none in %s; starting a new model", store.directory)
             move_updater(updater, model_device)
+            for sink in sinks:  # sinks that show the model (the live view) get it
+                if hasattr(sink, "attach"):
+                    sink.attach(updater)
+                    print(f"lemo-edge run: {sink.name}", file=sys.stderr)
             loop = InspectionLoop(
                 source,
                 backend,

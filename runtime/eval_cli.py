@@ -100,19 +100,23 @@ def run(args: argparse.Namespace) -> int:
 
 
 def summary_line(result: dict[str, Any]) -> str:
-    """One line with the headline metrics and the baselines."""
+    """One line with the headline metrics and the baselines; a metric that is not available reads ``n/a``."""
+    from lemo_edge.report import format_metric as fmt
+
     parts = [
         f"{result['protocol']} {result['method']} K={result['memory_size']} (used {result['items_used']}): "
-        f"image AUROC {result['image_auroc']:.3f}, pixel AUROC {result['pixel_auroc']:.3f}, "
-        f"AUPRO {result['aupro']:.3f}, F1-max {result['f1_max']:.3f}"
+        f"image AUROC {fmt(result['image_auroc'])}, pixel AUROC {fmt(result.get('pixel_auroc'))}, "
+        f"AUPRO {fmt(result.get('aupro'))}, F1-max {fmt(result['f1_max'])}"
     ]
+    if result.get("pixel_auroc") is None:
+        parts[0] += " (pixel metrics n/a: no defect masks)"
     if "defect_accept_rate" in result:
         parts.append(
-            f"prequential image AUROC {result['prequential_image_auroc']:.3f}, "
+            f"prequential image AUROC {fmt(result['prequential_image_auroc'])}, "
             f"defects accepted {100 * result['defect_accept_rate']:.1f}%"
         )
     for name, b in result.get("baselines", {}).items():
-        parts.append(f"{name}: {b['image_auroc']:.3f}/{b['pixel_auroc']:.3f}")
+        parts.append(f"{name}: {fmt(b['image_auroc'])}/{fmt(b.get('pixel_auroc'))}")
     parts.append(f"{result['timings']['total_s']:.0f} s")
     return "; ".join(parts)
 
@@ -122,26 +126,33 @@ def write_report(result: dict[str, Any], grid: dict[str, Any] | None, out_dir: P
     from lemo_edge import report
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    fmt = report.format_metric
     keys = ["image_auroc", "pixel_auroc", "aupro", "f1_max"]
     rows = [
         {
             "method": f"LeMO ({result['method']}, K={result['memory_size']})",
             "items": result["items_used"],
-            **{k: f"{result[k]:.3f}" for k in keys},
+            **{k: fmt(result.get(k)) for k in keys},
         }
     ]
     for name, b in result.get("baselines", {}).items():
-        rows.append({"method": f"{name} ({b['note']})", "items": b["items"], **{k: f"{b[k]:.3f}" for k in keys}})
+        rows.append({"method": f"{name} ({b['note']})", "items": b["items"], **{k: fmt(b.get(k)) for k in keys}})
     lines = [
         f"# lemo-edge eval: {result['dataset']}, protocol {result['protocol']}",
         "",
         report.markdown_table(rows, ["method", "items", *keys]),
         "",
     ]
+    if result.get("pixel_auroc") is None:
+        lines += [
+            f"Pixel metrics (pixel AUROC, AUPRO): {report.NOT_AVAILABLE}, the test images have no defect masks "
+            "(image-level labels only).",
+            "",
+        ]
     if "prequential_image_auroc" in result:
         lines += [
-            f"- prequential image AUROC (scored before learning): {result['prequential_image_auroc']:.3f}",
-            f"- prequential pixel AUROC: {result['prequential_pixel_auroc']:.3f}",
+            f"- prequential image AUROC (scored before learning): {fmt(result['prequential_image_auroc'])}",
+            f"- prequential pixel AUROC: {fmt(result.get('prequential_pixel_auroc'))}",
             f"- streamed defects accepted for an update: {100 * result['defect_accept_rate']:.1f}%",
             f"- streamed normal images accepted: {100 * result['normal_accept_rate']:.1f}%",
             "",
@@ -153,7 +164,7 @@ def write_report(result: dict[str, Any], grid: dict[str, Any] | None, out_dir: P
         points = result["fewshot"]
         report.plot_fewshot(
             [p["images"] for p in points],
-            {k: [p[k] for p in points] for k in ("image_auroc", "pixel_auroc")},
+            {k: [p.get(k) for p in points] for k in ("image_auroc", "pixel_auroc")},
             out_dir / "fewshot.png",
         )
         lines.append("![few-shot curve](fewshot.png)")

@@ -10,6 +10,8 @@ Accepted outputs (see :func:`open_sinks`):
 - ``display://0``: :class:`DisplaySink`, an OpenCV window; skipped (logged) when headless or without a display.
 - ``mqtt://host:port/topic?heartbeat=10`` (``mqtts://`` for TLS): :class:`~lemo_edge.runtime.mqtt.MqttSink`, one
   message per anomalous frame and heartbeats, through an on-disk queue (paho-mqtt, imported on use).
+- ``http://127.0.0.1:8080[?token_file=PATH&fps=5]``: :class:`~lemo_edge.runtime.liveview.LiveViewSink`, a live view
+  page and JSON status served from the run (any address but loopback needs a token).
 
 ``file://PATH`` is accepted for the file outputs.
 """
@@ -53,7 +55,7 @@ __all__ = [
 VIDEO_FOURCC: dict[str, str] = {".mp4": "mp4v", ".avi": "MJPG"}
 ACCEPTED_SINKS = (
     "PATH.jsonl, a folder (existing, trailing '/' or no suffix), PATH.mp4, PATH.avi, display://N, "
-    "mqtt://host:port/topic"
+    "mqtt://host:port/topic, http://HOST:PORT (live view)"
 )
 
 # Weight of the heat map in the overlay blend.
@@ -458,6 +460,10 @@ def _open_sink(uri: str, headless: bool, mqtt_config: str | Path | None = None) 
             from .mqtt import MqttSink
 
             return MqttSink(text, config_path=mqtt_config)
+        if scheme == "http":
+            from .liveview import LiveViewSink, parse_live_uri
+
+            return LiveViewSink(parse_live_uri(text))
         if scheme != "file":
             raise InputError(f"{uri}: unknown sink scheme {scheme!r}; accepted: {ACCEPTED_SINKS}")
         text = rest
@@ -484,7 +490,8 @@ def open_sinks(uris: list[str], *, headless: bool, mqtt_config: str | Path | Non
         The opened sinks, in the order of ``uris`` (skipped displays left out).
 
     Raises:
-        InputError: an unknown scheme or suffix, or a bad ``mqtt://`` URI (sinks opened before it are closed again).
+        InputError: an unknown scheme or suffix, a bad ``mqtt://`` or ``http://`` URI, or a live view on an address
+            other than loopback without a token (sinks opened before it are closed again).
         MissingDependencyError: an ``mqtt://`` sink without paho-mqtt >= 2.0.
     """
     if isinstance(uris, str):

@@ -4,7 +4,9 @@ Accepted URIs (see :func:`open_source`); "live" sources are cameras and streams:
 
 - ``0``, ``/dev/video0``, ``v4l2://0``: V4L2 / default camera through ``cv2.VideoCapture`` (live).
 - ``csi://0?width=1280&height=720&fps=30&flip=0``: Jetson CSI camera, GStreamer ``nvarguscamerasrc`` (live).
-- ``rtsp://...``, ``rtsps://...``, ``http(s)://...``: network stream through FFmpeg (live).
+- ``rtsp://...``, ``rtsps://...``, ``http(s)://...``: network stream through FFmpeg (live), opened with bounded
+  open/read timeouts (:func:`stream_capture_factory`) so that a frozen server or a lost network is noticed and
+  the stream reopened; each outage is counted in :attr:`SourceStats.dropouts`.
 - ``clip.mp4``, ``file://clip.avi``: video file.
 - ``images/``, ``file://images``, ``one.png``: folder of images (or one image) read in name order, each converted by
   :func:`lemo_edge.images.read_image` (the one policy ``eval`` uses too: 16-bit scaled by 1/257, grayscale
@@ -74,6 +76,33 @@ def default_capture_factory(target: Any, api: int) -> CaptureLike:
     return cv2.VideoCapture(target, api)
 
 
+# How long opening a network stream, and one read of it, may block before it counts as failed (the source then
+# reopens with backoff). OpenCV's FFmpeg default is 30 s each; a stream whose server froze (or whose network went
+# away without closing the connection) blocked the capture thread for longer than 40 s without these (measured
+# with a SIGSTOPped RTSP server; with them the read fails about 5 s after the last frame).
+STREAM_OPEN_TIMEOUT_MS = 10_000
+STREAM_READ_TIMEOUT_MS = 5_000
+
+
+def stream_capture_factory(target: Any, api: int) -> CaptureLike:
+    """Open a network stream with ``cv2.VideoCapture`` and bounded open/read timeouts.
+
+    Args:
+        target: the stream URL (``rtsp://``, ``rtsps://``, ``http(s)://``).
+        api: OpenCV backend preference (``cv2.CAP_FFMPEG``).
+
+    Returns:
+        The capture; a read that waits longer than :data:`STREAM_READ_TIMEOUT_MS` fails (``(False, None)``).
+    """
+    params = [
+        cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+        STREAM_OPEN_TIMEOUT_MS,
+        cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+        STREAM_READ_TIMEOUT_MS,
+    ]
+    return cv2.VideoCapture(target, api, params)
+
+
 @dataclass
 class SourceStats:
     """Counters of a source since it was opened.
@@ -84,12 +113,16 @@ class SourceStats:
         skipped: frames rejected before queueing, by kind (``"empty"``, ``"unreadable"``, ``"size_mismatch"``,
             ``"unsupported_format"``) -> count.
         reconnects: reopen attempts after a live source stopped delivering.
+        dropouts: times a live source stopped delivering (each one followed by one or more reopen attempts).
+        recovered: dropouts after which frames came again.
     """
 
     frames_read: int = 0
     dropped: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     reconnects: int = 0
+    dropouts: int = 0
+    recovered: int = 0
 
 
 @dataclass
@@ -206,7 +239,7 @@ class Source:
         """A snapshot of the counters (safe to keep; later frames do not change it)."""
         with self._lock:
             s = self._stats
-            return SourceStats(s.frames_read, s.dropped, dict(s.skipped), s.reconnects)
+            return SourceStats(s.frames_read, s.dropped, dict(s.skipped), s.reconnects, s.dropouts, s.recovered)
 
     @property
     def exhausted(self) -> bool:
@@ -500,12 +533,17 @@ class CaptureSource(Source):
                     log.warning("%s: capture stopped delivering; reconnect is off, ending the stream", self.uri)
                     return
                 failures += 1
+                if failures == 1:
+                    with self._lock:
+                        self._stats.dropouts += 1
                 if not self._reopen(failures):
                     return
                 continue
             if failures:
                 log.warning("%s: capture delivering again after %d reopen attempt(s)", self.uri, failures)
                 failures = 0
+                with self._lock:
+                    self._stats.recovered += 1
             self._delay = self.backoff_initial
             if image is None or getattr(image, "size", 0) == 0:
                 yield _Raw(None, skip="empty", detail="capture returned an empty frame")
@@ -665,7 +703,8 @@ def open_source(
             )
             return CaptureSource(uri, pipeline, cv2.CAP_GSTREAMER, live=True, **capture_kw)
         if scheme in STREAM_SCHEMES:
-            return CaptureSource(uri, uri, cv2.CAP_FFMPEG, live=True, **capture_kw)
+            stream_kw = {**capture_kw, "capture_factory": capture_factory or stream_capture_factory}
+            return CaptureSource(uri, uri, cv2.CAP_FFMPEG, live=True, **stream_kw)
         if scheme == "synthetic":
             return SyntheticSource(uri, size=size, queue_size=queue_size)
         if scheme == "file":

@@ -192,9 +192,9 @@ class FramePipeline:
     def prime(self, pool: torch.Tensor, seed: int = 0) -> None:
         """Bring a coreset memory to its steady state: full, then one real insertion merges it down.
 
-        The memory is filled with K rows (its confirmed capacity) of ``pool`` (real patch embeddings; with slight noise when the
-        pool is smaller than K), then one batch is stepped with a forced update (with recurrence admission, ``confirm + 1`` times, so
-        that its patches are confirmed): inserting beyond K runs
+        The memory is filled with K rows (its confirmed capacity) of ``pool`` (real patch embeddings; with
+        slight noise when the pool is smaller than K), then one batch is stepped with a forced update (with
+        recurrence admission ``confirm + 1`` times, so that its patches are confirmed): inserting beyond K runs
         the memory's merge, which leaves it at (1 - merge_slack) K with the coverage radius of the merges,
         as after a long stream. A learned memory (``method="lemo"``) is always full: nothing to do.
         """

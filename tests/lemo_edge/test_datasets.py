@@ -58,10 +58,22 @@ def test_mvtec_layout(tmp_path):
 
 
 def test_mvtec_defect_without_mask_reads_zeros_and_warns(tmp_path, caplog):
+    root = _mvtec(tmp_path / "cable")
+    (root / "ground_truth/hole/003_mask.png").unlink()
     with caplog.at_level(logging.WARNING, logger="lemo_edge.datasets"):
+        data = open_dataset(root)
+    assert "1 defect images have no ground_truth mask" in caplog.text
+    assert data.test_defect[0].load().mask.sum() == 0 and data.test_defect[1].load().mask.sum() == 25
+
+
+def test_mvtec_without_ground_truth_has_image_labels_only(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="lemo_edge.datasets"):
         data = open_dataset(_mvtec(tmp_path / "cable", with_mask=False))
-    assert "2 defect images have no ground_truth mask" in caplog.text
-    assert data.test_defect[0].load().mask.sum() == 0
+    assert "image-level labels only (no ground_truth/ folder)" in caplog.text
+    assert "have no ground_truth mask" not in caplog.text
+    defect = data.test_defect[0].load()
+    assert defect.label == 1 and defect.mask is None and defect.image.shape == (40, 50, 3)
+    assert data.test_good[0].load().mask.sum() == 0  # a normal image's mask is known: no defect
 
 
 def test_mvtec_without_images_is_an_error(tmp_path):
@@ -113,6 +125,18 @@ def test_manifest_with_masks_beside_images(tmp_path, caplog):
     assert train.image.shape == (30, 30, 3) and train.label == 0 and train.mask.sum() == 0
 
 
+def test_manifest_without_any_mask_file_has_image_labels_only(tmp_path, caplog):
+    for name in ("g0", "g1", "d0", "d1"):
+        _write(tmp_path / f"img/{name}.jpg", np.full((20, 24), 90, np.uint8))
+    split = {"train_good": ["img/g0.jpg"], "test_good": ["img/g1.jpg"], "test_defect": ["img/d0.jpg", "img/d1.jpg"]}
+    (tmp_path / "split.json").write_text(json.dumps(split))
+    with caplog.at_level(logging.INFO, logger="lemo_edge.datasets"):
+        data = open_dataset(tmp_path)
+    assert "image-level labels only (no mask file beside any defect image)" in caplog.text
+    assert [item.load().mask for item in data.test_defect] == [None, None]
+    assert data.test_good[0].load().mask.shape == (20, 24)
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
@@ -141,6 +165,43 @@ def test_magnetic_tile_manifest():
     assert normal.label == 0 and normal.mask.sum() == 0
 
 
+# -- labelled folders (good/ + defect folders, image-level labels only) ----------------------------------------------
+
+
+def test_labelled_folders(tmp_path, caplog):
+    for i in range(5):
+        _write(tmp_path / f"parts/Good/{i}.png", np.full((16, 20), 100, np.uint8))
+    _write(tmp_path / "parts/defect/a.png", np.full((16, 20), 10, np.uint8))
+    _write(tmp_path / "parts/scratch/b.jpg", np.full((16, 20), 10, np.uint8))
+    (tmp_path / "parts/empty").mkdir()
+    with caplog.at_level(logging.INFO, logger="lemo_edge.datasets"):
+        data = open_dataset(tmp_path / "parts")
+    assert "image-level labels only (labelled folders)" in caplog.text
+    assert data.name == "parts"
+    assert [i.name for i in data.train_good] == ["Good/0.png", "Good/2.png", "Good/4.png"]
+    assert [i.name for i in data.test_good] == ["Good/1.png", "Good/3.png"]
+    assert [i.name for i in data.test_defect] == ["defect/a.png", "scratch/b.jpg"]
+    defect = data.test_defect[1].load()
+    assert defect.label == 1 and defect.mask is None and defect.image.shape == (16, 20, 3)
+    assert data.train_good[0].load().mask.sum() == 0
+
+
+def test_labelled_folders_errors(tmp_path):
+    _write(tmp_path / "a/good/0.png", np.zeros((8, 8), np.uint8))
+    _write(tmp_path / "a/defect/0.png", np.zeros((8, 8), np.uint8))
+    with pytest.raises(DatasetError, match=r"expected at least 2 images in '.*good' .* got 1 normal and 1 defect"):
+        open_dataset(tmp_path / "a")
+    _write(tmp_path / "b/good/0.png", np.zeros((8, 8), np.uint8))
+    with pytest.raises(DatasetError, match=r"\(another layout\)"):  # no defect folder: not this layout
+        open_dataset(tmp_path / "b")
+    from lemo_edge.datasets import open_labelled_folders
+
+    _write(tmp_path / "c/ok/0.png", np.zeros((8, 8), np.uint8))
+    _write(tmp_path / "c/good/0.png", np.zeros((8, 8), np.uint8))
+    with pytest.raises(DatasetError, match=r"expected one normal folder \(good/, normal/, ok/\) .* \['good', 'ok'\]"):
+        open_labelled_folders(tmp_path / "c")
+
+
 # -- synthetic ---------------------------------------------------------------------------------------------------------
 
 
@@ -159,7 +220,7 @@ def test_synthetic_uri_and_seed_fallback():
 
 
 def test_unknown_layouts_list_the_accepted_ones(tmp_path):
-    accepted = r"expected synthetic://..., a manifest .json, a folder with split.json, or an MVTec AD category folder"
+    accepted = r"expected synthetic://..., a manifest .json, a folder with split.json, an MVTec AD category folder"
     with pytest.raises(DatasetError, match=accepted + r".*\(another layout\)"):
         open_dataset(str(tmp_path))
     with pytest.raises(DatasetError, match=r"got '.*nowhere' \(no such path\)"):

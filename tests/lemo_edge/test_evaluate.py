@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import cv2
 import pytest
@@ -103,3 +104,98 @@ def test_info_lists_backbones(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "tf_efficientnet_lite0" in out and "available" in out
+
+
+# -- image-level labels only (no masks) --------------------------------------------------------------------------------
+
+
+def _write_rgb(path, image):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+
+
+def _labels_only_dataset(root, layout):
+    """24 normal + 8 defect synthetic images written as files without any mask, in one of three layouts."""
+    from lemo_edge.synthetic import synthetic_sample
+
+    normal = [synthetic_sample(1, i, 64).image for i in range(32)]
+    defect = [synthetic_sample(1, 100 + i, 64, defect=True).image for i in range(8)]
+    if layout == "folders":  # good/ + defect/: the normal images split in turn between train and test
+        for i, image in enumerate(normal):
+            _write_rgb(root / "good" / f"{i:03d}.png", image)
+        for i, image in enumerate(defect):
+            _write_rgb(root / "defect" / f"{i:03d}.png", image)
+        return root
+    if layout == "mvtec":  # MVTec AD layout without ground_truth/
+        for i, image in enumerate(normal[:24]):
+            _write_rgb(root / "train" / "good" / f"{i:03d}.png", image)
+        for i, image in enumerate(normal[24:]):
+            _write_rgb(root / "test" / "good" / f"{i:03d}.png", image)
+        for i, image in enumerate(defect):
+            _write_rgb(root / "test" / "scratch" / f"{i:03d}.png", image)
+        return root
+    # a manifest whose defect images have no mask file beside them
+    for i, image in enumerate(normal):
+        _write_rgb(root / "ok" / f"{i:03d}.jpg", image)
+    for i, image in enumerate(defect):
+        _write_rgb(root / "ng" / f"{i:03d}.jpg", image)
+    split = {
+        "train_good": [f"ok/{i:03d}.jpg" for i in range(24)],
+        "test_good": [f"ok/{i:03d}.jpg" for i in range(24, 32)],
+        "test_defect": [f"ng/{i:03d}.jpg" for i in range(8)],
+    }
+    (root / "split.json").write_text(json.dumps(split))
+    return root / "split.json"
+
+
+@pytest.mark.parametrize("layout", ["folders", "mvtec", "manifest"])
+def test_eval_without_masks_reports_image_metrics_and_pixel_na(tmp_path, layout, capsys):
+    dataset = _labels_only_dataset(tmp_path / "data", layout)
+    out = tmp_path / "r.json"
+    argv = ["eval", str(dataset), "--size", "64", "-K", "256", "--baselines", "reservoir", "--json", str(out)]
+    code = main([*argv, "--report", str(tmp_path / "rep")])
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert result["image_auroc"] > 0.8 and 0.0 <= result["f1_max"] <= 1.0
+    assert result["pixel_auroc"] is None and result["aupro"] is None
+    assert all(point["pixel_auroc"] is None for point in result["fewshot"])
+    assert result["baselines"]["reservoir"]["pixel_auroc"] is None
+    assert result["baselines"]["reservoir"]["image_auroc"] is not None
+    line = capsys.readouterr().out
+    assert "pixel AUROC n/a" in line and "AUPRO n/a" in line
+    assert re.search(r"image AUROC [01]\.\d{3}, .*F1-max [01]\.\d{3}", line)
+    report = (tmp_path / "rep" / "README.md").read_text()
+    assert "| n/a | n/a |" in report and "Pixel metrics (pixel AUROC, AUPRO): n/a" in report
+    assert cv2.imread(str(tmp_path / "rep" / "fewshot.png")) is not None
+
+
+def test_compute_metrics_pixel_metrics_none_without_defect_pixels():
+    import numpy as np
+
+    from lemo_edge.evaluate import Encoded, compute_metrics
+
+    rng = np.random.default_rng(0)
+    labels = np.array([0, 0, 1, 1])
+    test = Encoded(torch_zeros(4), labels, np.zeros((4, 8, 8), np.uint8), list("abcd"))
+    maps, scores = rng.random((4, 8, 8)).astype(np.float32), np.array([0.1, 0.2, 0.8, 0.9], np.float32)
+    out = compute_metrics(maps, scores, test, threshold=0.5)
+    assert out["image_auroc"] == 1.0 and out["f1_max"] == 1.0 and out["pixel_auroc"] is None and out["aupro"] is None
+    assert compute_metrics(maps, scores, test, full=False) == {"image_auroc": 1.0, "pixel_auroc": None}
+    test.masks[2, 2:5, 2:5] = 1
+    assert isinstance(compute_metrics(maps, scores, test)["pixel_auroc"], float)
+
+
+def torch_zeros(n):
+    import torch
+
+    return torch.zeros((n, 4, 2, 2), dtype=torch.float16)
+
+
+def test_mixed_protocol_without_masks_reports_pixel_na(tmp_path, capsys):
+    dataset = _labels_only_dataset(tmp_path / "data", "folders")
+    out = tmp_path / "r.json"
+    code = main(["eval", str(dataset), "--protocol", "mixed", "--size", "64", "-K", "256", "--json", str(out)])
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert result["pixel_auroc"] is None and result["prequential_pixel_auroc"] is None
+    assert result["image_auroc"] is not None and result["prequential_image_auroc"] is not None

@@ -125,3 +125,15 @@ def test_errors_say_what_was_wrong(tmp_path, call, message):
     with pytest.raises(InputError, match=message):
         call(tmp_path)
     assert not list(tmp_path.iterdir())  # nothing written on error
+
+
+def test_format_metric_marks_missing_values_not_available(tmp_path):
+    from lemo_edge.report import NOT_AVAILABLE, format_metric, plot_fewshot
+
+    assert format_metric(0.91234) == "0.912" and format_metric(None) == NOT_AVAILABLE == "n/a"
+    assert format_metric(float("nan")) == "n/a" and format_metric(1, ".1f") == "1.0"
+    # a series of None only (pixel metrics without masks) is left out; the other is drawn
+    path = plot_fewshot(
+        [1, 2, 4], {"image_auroc": [0.5, 0.7, 0.9], "pixel_auroc": [None, None, None]}, tmp_path / "f.png"
+    )
+    assert path.stat().st_size > 0
