@@ -23,7 +23,9 @@ from lemo_edge import metrics
 from lemo_edge.baselines import GreedyBank, ReservoirBank, patchcore_bank
 from lemo_edge.config import ModelConfig
 from lemo_edge.datasets import DatasetSplits, resize_sample
+from lemo_edge.errors import InputError
 from lemo_edge.inspector import Inspector
+from lemo_edge.memory import CoresetMemory
 from lemo_edge.model import LemoModel
 from lemo_edge.scoring import anomaly_map, image_scores, nearest_memory
 from lemo_edge.updater import OnlineUpdater
@@ -186,6 +188,9 @@ class Evaluator:
         spec: the backbone's feature spec.
         seed: seed of the stream order.
         baselines: baselines to run beside the model.
+        fewshot: score the few-shot checkpoints of the online protocol.
+        cache: encoded features shared between evaluators of one dataset.
+        defect_fraction: (mixed) share of defects in the stream; ``None``: all even-position defects.
     """
 
     def __init__(
@@ -198,6 +203,7 @@ class Evaluator:
         baselines: Sequence[str] = BASELINES,
         fewshot: bool = True,
         cache: dict[tuple[Any, ...], Encoded] | None = None,
+        defect_fraction: float | None = None,
     ) -> None:
         unknown = sorted(set(baselines) - set(BASELINES))
         if unknown:
@@ -209,6 +215,9 @@ class Evaluator:
         self.seed = seed
         self.baselines = tuple(baselines)
         self.fewshot = fewshot
+        if defect_fraction is not None and not 0.0 <= defect_fraction <= 0.5:
+            raise InputError(f"defect_fraction: expected a number in [0, 0.5], got {defect_fraction}")
+        self.defect_fraction = defect_fraction
         self.cache = cache if cache is not None else {}
         self.timings: dict[str, float] = {}
 
@@ -310,54 +319,106 @@ class Evaluator:
             result["baselines"] = self._baselines(train.features[torch.tensor(order)], test, result)
         return result
 
-    def _mixed(self) -> dict[str, Any]:
+    def mixed_stream(self) -> tuple[Encoded, Encoded, list[int]]:
+        """The mixed protocol's stream and held-out set, encoded once (cached).
+
+        The streamed defects are a seeded subset of the even-position defects, as many as make
+        ``defect_fraction`` of the stream (all of them when it is ``None``); the held-out set is the same
+        for every fraction: the normal test images and the odd-position defects.
+
+        Returns:
+            The stream (normal training images, then the streamed defects), the held-out set, and the
+            stream order (indices into the stream).
+        """
         size = self.config.size
         defects = list(self.data.test_defect)
-        streamed_defects, held_defects = defects[0::2], defects[1::2]
+        even, held_defects = defects[0::2], defects[1::2]
         held = list(self.data.test_good) + held_defects
-        grid = self._grid_indices(held)
-        test = self._encoded("held-out", held, size, keep=grid)
-        stream_items = list(self.data.train_good) + streamed_defects
-        order = self._order(len(stream_items))
+        test = self._encoded("held-out", held, size, keep=self._grid_indices(held))
+        train = self._encoded("train", list(self.data.train_good), size)
+        streamed = self._encoded("even-defects", even, size) if even else None
+        n_train, fraction = len(self.data.train_good), self.defect_fraction
+        count = len(even) if fraction is None else round(fraction * n_train / (1.0 - fraction))
+        if count > len(even):
+            log.warning(
+                "defect_fraction %.3f needs %d streamed defects; the dataset has %d: streaming all of them (%.3f)",
+                fraction,
+                count,
+                len(even),
+                len(even) / (n_train + len(even)),
+            )
+            count = len(even)
+        generator = torch.Generator().manual_seed(self.seed)
+        pick = torch.sort(torch.randperm(len(even), generator=generator)[:count]).values
+        if streamed is not None and count:
+            stream = Encoded(
+                torch.cat([train.features, streamed.features[pick]]),
+                np.concatenate([train.labels, streamed.labels[pick.numpy()]]),
+                np.concatenate([train.masks, streamed.masks[pick.numpy()]]),
+                train.names + [streamed.names[i] for i in pick.tolist()],
+            )
+        else:
+            stream = train
+        return stream, test, self._order(stream.features.shape[0])
+
+    def _mixed(self) -> dict[str, Any]:
+        stream_data, test, order = self.mixed_stream()
+        grid = self._grid_indices_of(test)
         model = LemoModel(self.config, self.spec)
         updater = OnlineUpdater(model)
         inspector = Inspector(updater)
+        oracle = bool(self.config.extra.get("oracle", False))  # learns exactly the normal images (labels)
         stream = Stream()
-        pixel_maps, pixel_masks = [], []
+        pixel_maps = np.zeros((len(order), *stream_data.masks.shape[1:]), np.float16)
+        defect_cells = defect_patches(stream_data.masks, model.grid)
+        admitted: list[torch.Tensor] = []
         t = time.perf_counter()
-        for idx in tqdm(order, desc="mixed stream", unit="img", leave=False, disable=None):
-            sample = resize_sample(stream_items[idx].load(), (size, size))
-            with torch.no_grad():
-                feats = self.extract(image_tensor(sample.image)).float().cpu()
-            outcome = inspector.step(feats)
+        for position, idx in enumerate(tqdm(order, desc="mixed stream", unit="img", leave=False, disable=None)):
+            feats = stream_data.features[idx : idx + 1].float()
+            label = int(stream_data.labels[idx])
+            if oracle:
+                outcome = inspector.assess(feats)
+                if label == 0:
+                    outcome = inspector.commit(outcome, force=True, tag=idx)
+            else:
+                outcome = inspector.step(feats, tag=idx)
+            if isinstance(model.memory, CoresetMemory):
+                admitted.append(model.memory.pop_admitted())
             stream.scores.append(outcome.score)
-            stream.labels.append(int(sample.label))
+            stream.labels.append(label)
             stream.accepted.append(outcome.learned)
-            pixel_maps.append(outcome.map.cpu().numpy().astype(np.float16))
-            pixel_masks.append(sample.mask if sample.mask is not None else np.zeros((size, size), np.uint8))
+            pixel_maps[position] = outcome.map.cpu().numpy()
         self.timings["stream_s"] = time.perf_counter() - t
         maps, test_scores = score_model(inspector, test.features)
         result: dict[str, Any] = compute_metrics(maps, test_scores, test, threshold=updater.threshold.value)
         labels = np.asarray(stream.labels)
         accepted = np.asarray(stream.accepted)
+        masks = stream_data.masks[np.asarray(order)]
         result.update(
             method=self.config.method,
             items_used=int(model.memory.items.shape[0]),
             threshold=updater.threshold.value,
             stream_length=len(order),
+            stream_defects=int(labels.sum()),
             stream_defect_fraction=float(labels.mean()),
-            prequential_image_auroc=metrics.image_auroc(np.asarray(stream.scores), labels),
+            defect_fraction=self.defect_fraction,
+            prequential_image_auroc=metrics.image_auroc(np.asarray(stream.scores), labels) if labels.any() else None,
             prequential_pixel_auroc=(
-                metrics.pixel_auroc(np.stack(pixel_maps).astype(np.float32), masks)
-                if (masks := np.stack(pixel_masks)).any()
-                else None  # image-level labels only: no defect pixel to score
+                metrics.pixel_auroc(pixel_maps[:, ::4, ::4].astype(np.float32), masks[:, ::4, ::4])
+                if masks.any()
+                else None  # no defect pixel in the stream (clean, or image-level labels only)
             ),
-            defect_accept_rate=float(accepted[labels == 1].mean()) if (labels == 1).any() else 0.0,
+            defect_accept_rate=float(accepted[labels == 1].mean()) if (labels == 1).any() else None,
             normal_accept_rate=float(accepted[labels == 0].mean()),
             roc={"lemo": _roc(test_scores, test.labels)},
         )
+        if isinstance(model.memory, CoresetMemory):
+            result.update(contamination(model.memory, admitted, defect_cells))
         result["_grid"] = _grid(test, maps, grid)
         return result
+
+    def _grid_indices_of(self, test: Encoded) -> list[int]:
+        return sorted(test.images)
 
     # -- baselines ---------------------------------------------------------------------------
 
@@ -396,6 +457,55 @@ class Evaluator:
             out[name] = entry
             log.info("baseline %s: %s", name, entry)
         return out
+
+
+def defect_patches(masks: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """Which patches are defect patches: cells with at least half of their pixels in the mask.
+
+    Args:
+        masks: ``(N, H, W) uint8`` pixel masks (0/1), H and W multiples of the grid.
+        grid: ``(h, w)`` patch grid.
+
+    Returns:
+        ``(N, h * w) bool``, patches in row-major order (the model's embedding order).
+    """
+    n, height, width = masks.shape
+    h, w = grid
+    cells = masks.reshape(n, h, height // h, w, width // w).astype(np.float32).mean(axis=(2, 4))
+    return (cells >= 0.5).reshape(n, h * w)
+
+
+def contamination(memory: CoresetMemory, admitted: Sequence[torch.Tensor], defect: np.ndarray) -> dict[str, Any]:
+    """Patch-level contamination of a coreset memory learned from a stream whose rows were tagged.
+
+    Args:
+        memory: the memory at the end of the stream (row tags: ``stream index * P + patch``).
+        admitted: tags of the rows confirmed during the stream (:meth:`CoresetMemory.pop_admitted`).
+        defect: ``(N, P) bool`` defect patches of the stream (:func:`defect_patches`).
+
+    Returns:
+        ``defect_patch_learned`` (share of the streamed defect patches that became confirmed memory
+        items), ``memory_defect_share`` (share of the final confirmed items that came from defect
+        patches), ``pending_defect_share`` (the same for the pending rows, which are searched too), and
+        ``defect_patches`` (how many there were); shares are ``None`` without a denominator.
+    """
+    flat = defect.reshape(-1)
+    total = int(flat.sum())
+    tags = torch.cat(list(admitted)) if admitted else torch.zeros(0, dtype=torch.int64)
+    learned = np.unique(tags.numpy()) if tags.numel() else np.zeros(0, np.int64)
+    learned = learned[(learned >= 0) & (learned < flat.size)]
+
+    def share(rows: torch.Tensor) -> float | None:
+        rows = rows.cpu().numpy()
+        rows = rows[(rows >= 0) & (rows < flat.size)]
+        return float(flat[rows].mean()) if rows.size else None
+
+    return {
+        "defect_patches": total,
+        "defect_patch_learned": float(flat[learned].sum()) / total if total else None,
+        "memory_defect_share": share(memory.tags[: memory.size]),
+        "pending_defect_share": share(memory.tags[memory.size : memory.size + memory.pending]),
+    }
 
 
 def _roc(scores: np.ndarray, labels: np.ndarray) -> dict[str, list[float]]:

@@ -51,6 +51,14 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--json", dest="json_out", default=None, help="write the result JSON here")
     p.add_argument("--report", default=None, help="write a markdown report with plots into this folder")
     p.add_argument("--seed", type=int, default=0, help="seed of the stream order")
+    p.add_argument(
+        "--defect-fraction",
+        type=float,
+        default=None,
+        metavar="F",
+        help="(mixed) share of defects in the stream, 0..0.5: a seeded subset of the even-position defects "
+        "(default: all of them); the held-out set is the same for every F",
+    )
     p.set_defaults(func=run)
 
 
@@ -83,7 +91,14 @@ def run(args: argparse.Namespace) -> int:
     extract, spec = make_extractor(args.backend, config, weights=args.weights)
     try:
         evaluator = Evaluator(
-            config, data, extract, spec, seed=args.seed, baselines=baselines, fewshot=not args.no_fewshot
+            config,
+            data,
+            extract,
+            spec,
+            seed=args.seed,
+            baselines=baselines,
+            fewshot=not args.no_fewshot,
+            defect_fraction=args.defect_fraction,
         )
     except ValueError as err:
         raise InputError(str(err)) from err
@@ -97,6 +112,11 @@ def run(args: argparse.Namespace) -> int:
         write_report(result, grid, Path(args.report))
     print(summary_line(result))
     return 0
+
+
+def percent(value: float | None) -> str:
+    """``12.3%``, or ``n/a`` for a share that is not available."""
+    return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
 def summary_line(result: dict[str, Any]) -> str:
@@ -113,7 +133,9 @@ def summary_line(result: dict[str, Any]) -> str:
     if "defect_accept_rate" in result:
         parts.append(
             f"prequential image AUROC {fmt(result['prequential_image_auroc'])}, "
-            f"defects accepted {100 * result['defect_accept_rate']:.1f}%"
+            f"defects accepted {percent(result['defect_accept_rate'])}, "
+            f"defect patches learned {percent(result.get('defect_patch_learned'))}, "
+            f"memory from defects {percent(result.get('memory_defect_share'))}"
         )
     for name, b in result.get("baselines", {}).items():
         parts.append(f"{name}: {fmt(b['image_auroc'])}/{fmt(b.get('pixel_auroc'))}")
@@ -153,8 +175,16 @@ def write_report(result: dict[str, Any], grid: dict[str, Any] | None, out_dir: P
         lines += [
             f"- prequential image AUROC (scored before learning): {fmt(result['prequential_image_auroc'])}",
             f"- prequential pixel AUROC: {fmt(result.get('prequential_pixel_auroc'))}",
-            f"- streamed defects accepted for an update: {100 * result['defect_accept_rate']:.1f}%",
-            f"- streamed normal images accepted: {100 * result['normal_accept_rate']:.1f}%",
+            f"- stream: {result.get('stream_length')} images, {result.get('stream_defects')} defects "
+            f"({percent(result.get('stream_defect_fraction'))})",
+            "- streamed defects accepted for an update (`defect_accept_rate`): "
+            f"{percent(result['defect_accept_rate'])}",
+            f"- streamed normal images accepted (`normal_accept_rate`): {percent(result['normal_accept_rate'])}",
+            "- streamed defect patches (cells at least half in the mask) that became memory items "
+            f"(`defect_patch_learned`): {percent(result.get('defect_patch_learned'))}",
+            "- final memory items from defect patches (`memory_defect_share`): "
+            f"{percent(result.get('memory_defect_share'))}"
+            f"; pending rows from defect patches: {percent(result.get('pending_defect_share'))}",
             "",
         ]
     curves = {name: (np.asarray(r["fpr"]), np.asarray(r["tpr"]), r["auc"]) for name, r in result["roc"].items()}

@@ -199,3 +199,48 @@ def test_mixed_protocol_without_masks_reports_pixel_na(tmp_path, capsys):
     result = json.loads(out.read_text())
     assert result["pixel_auroc"] is None and result["prequential_pixel_auroc"] is None
     assert result["image_auroc"] is not None and result["prequential_image_auroc"] is not None
+
+
+def test_defect_patches_are_cells_at_least_half_in_the_mask():
+    import numpy as np
+
+    from lemo_edge.evaluate import defect_patches
+
+    masks = np.zeros((1, 8, 8), np.uint8)
+    masks[0, 0:4, 0:2] = 1  # half of cell (0, 0)
+    masks[0, 4:5, 4:8] = 1  # a quarter of cell (1, 1)
+    assert defect_patches(masks, (2, 2)).tolist() == [[True, False, False, False]]
+
+
+def _mixed_run(fraction, **changes):
+    from lemo_edge.backbone import create_feature_extractor
+    from lemo_edge.config import ModelConfig
+    from lemo_edge.datasets import open_dataset
+    from lemo_edge.evaluate import Evaluator
+
+    config = ModelConfig(size=64, memory_size=512, warmup=4).replace(**changes)
+    data = open_dataset("synthetic://?seed=3&size=64&n_train=40&n_test_good=8&n_test_defect=24")
+    extractor = create_feature_extractor()
+    return Evaluator(config, data, extractor, extractor.spec, baselines=(), defect_fraction=fraction).run("mixed")
+
+
+def test_mixed_defect_fraction_keeps_the_held_out_set_and_measures_contamination():
+    clean = _mixed_run(0.0)
+    assert clean["stream_defects"] == 0 and clean["stream_length"] == 40
+    assert clean["defect_patch_learned"] is None and clean["defect_accept_rate"] is None
+    some = _mixed_run(0.2, admission="coverage")
+    assert some["stream_defects"] == 10 and some["stream_length"] == 50  # 10 / 50 = 0.2
+    assert some["roc"]["lemo"]["auc"] == some["image_auroc"]
+    assert 0.0 <= some["defect_patch_learned"] <= 1.0 and some["defect_patches"] > 0
+    # more than the dataset has: all even-position defects (12), with a warning
+    assert _mixed_run(0.5)["stream_defects"] == 12
+    # the oracle learns exactly the normal images: no defect patch enters the memory
+    oracle = _mixed_run(0.2, admission="coverage", extra={"oracle": True})
+    assert oracle["defect_patch_learned"] == 0.0 and oracle["memory_defect_share"] == 0.0
+    assert oracle["defect_accept_rate"] == 0.0 and oracle["normal_accept_rate"] == 1.0
+
+
+def test_defect_fraction_out_of_range_is_refused(capsys):
+    code = main(["eval", "synthetic://?seed=1&size=64", "--protocol", "mixed", "--defect-fraction", "0.7"])
+    assert code == 2
+    assert "defect_fraction: expected a number in [0, 0.5], got 0.7" in capsys.readouterr().err
