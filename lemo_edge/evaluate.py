@@ -495,10 +495,10 @@ def contamination(memory: CoresetMemory, admitted: Sequence[torch.Tensor], defec
     learned = np.unique(tags.numpy()) if tags.numel() else np.zeros(0, np.int64)
     learned = learned[(learned >= 0) & (learned < flat.size)]
 
-    def share(rows: torch.Tensor) -> float | None:
-        rows = rows.cpu().numpy()
+    def share(tagged: torch.Tensor) -> float | None:
+        rows = tagged.cpu().numpy()
         rows = rows[(rows >= 0) & (rows < flat.size)]
-        return float(flat[rows].mean()) if rows.size else None
+        return float(flat[rows].mean()) if rows.shape[0] else None
 
     return {
         "defect_patches": total,
