@@ -11,8 +11,10 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 from lemo_edge.memory import nearest_other
+from lemo_edge.scoring import gaussian_kernel1d, nearest_memory, squared_distances
 
 
 def kcenter_greedy(x: torch.Tensor, k: int, projection_dim: int = 128, seed: int = 0) -> torch.Tensor:
@@ -136,3 +138,45 @@ class GreedyBank:
         keep = torch.ones(self.bank.shape[0], dtype=torch.bool)
         keep[drop] = False
         self.bank = self.bank[keep]
+
+
+def patchcore_scores(
+    bank: torch.Tensor, features: torch.Tensor, size: tuple[int, int], sigma: float = 4.0, neighbors: int = 9
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Anomaly maps and image scores as PatchCore computes them (Roth et al. 2022; anomalib's PatchCore).
+
+    Patch score: distance to the nearest bank item. Map: patch scores upsampled (nearest) to the input
+    size and Gaussian-smoothed (``sigma``, reflected borders). Image score: the largest patch score,
+    re-weighted by ``1 - softmax`` of that patch's distances to the ``neighbors`` nearest bank items of its
+    own nearest item (its own nearest first): a maximum that lies in a dense region of the bank counts less.
+
+    Args:
+        bank: ``(n, D) float32`` memory bank.
+        features: ``(B, D, h, w) float`` patch features.
+        size: ``(H, W)`` of the input images.
+        sigma: Gaussian sigma of the map in input pixels.
+        neighbors: bank items of the re-weighting (PatchCore's b = 9); 1 disables it.
+
+    Returns:
+        ``(B, H, W) float32`` maps and ``(B,) float32`` image scores.
+    """
+    b, d, h, w = features.shape
+    z = features.float().flatten(2).transpose(1, 2).reshape(-1, d)
+    nearest = nearest_memory(z, bank, 1)
+    patch = nearest.score.view(b, h * w)
+    maps = F.interpolate(patch.view(b, 1, h, w), size=size, mode="nearest")
+    if sigma > 0:
+        kernel = gaussian_kernel1d(sigma, maps.device)
+        pad = kernel.numel() // 2
+        maps = F.pad(maps, (pad, pad, pad, pad), mode="reflect")
+        maps = F.conv2d(F.conv2d(maps, kernel.view(1, 1, 1, -1)), kernel.view(1, 1, -1, 1))
+    rows = torch.arange(b, device=z.device)
+    top = patch.argmax(dim=1)
+    score = patch[rows, top]
+    if neighbors > 1:
+        top_features = z.view(b, h * w, d)[rows, top]
+        centre = bank[nearest.index.view(b, h * w)[rows, top]]
+        support = squared_distances(centre, bank).topk(min(neighbors, bank.shape[0]), dim=1, largest=False).indices
+        distances = (top_features[:, None, :] - bank[support]).norm(dim=2)
+        score = (1.0 - torch.softmax(distances, dim=1)[:, 0]) * score
+    return maps[:, 0], score

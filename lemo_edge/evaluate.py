@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from lemo_edge import metrics
-from lemo_edge.baselines import GreedyBank, ReservoirBank, patchcore_bank
+from lemo_edge.baselines import GreedyBank, ReservoirBank, patchcore_bank, patchcore_scores
 from lemo_edge.config import ModelConfig
 from lemo_edge.datasets import DatasetSplits, resize_sample
 from lemo_edge.errors import InputError
@@ -102,6 +102,19 @@ def score_bank(
         m = anomaly_map(patch, (size, size), sigma)
         maps.append(m.numpy())
         scores.append(image_scores(m).numpy())
+    return np.concatenate(maps), np.concatenate(scores)
+
+
+def score_patchcore(
+    bank: torch.Tensor, features: torch.Tensor, size: int, sigma: float, batch: int = 16
+) -> tuple[np.ndarray, np.ndarray]:
+    """Maps and image scores of cached features ``(N, D, h, w)`` as PatchCore scores them
+    (:func:`lemo_edge.baselines.patchcore_scores`)."""
+    maps, scores = [], []
+    for start in range(0, features.shape[0], batch):
+        m, s = patchcore_scores(bank, features[start : start + batch].float(), (size, size), sigma)
+        maps.append(m.numpy())
+        scores.append(s.numpy())
     return np.concatenate(maps), np.concatenate(scores)
 
 
@@ -433,7 +446,10 @@ class Evaluator:
             if name == "patchcore":
                 size_pc = int(self.config.extra.get("patchcore_size", 10_000))
                 bank = patchcore_bank(patches.reshape(-1, dim), size_pc, seed=self.seed)
-                note = f"offline, k-center coreset of {size_pc} from a 100k random subsample of all training patches"
+                note = (
+                    f"offline, k-center coreset of {size_pc} from a 100k random subsample of all training patches; "
+                    "scored as PatchCore (nearest item, 9-neighbour re-weighted image score)"
+                )
             elif name == "reservoir":
                 res = ReservoirBank(k, dim, seed=self.seed)
                 for z in patches:
@@ -450,7 +466,10 @@ class Evaluator:
                     )
                     greedy.add(zf, nearest)
                 bank, note = greedy.items, f"online, greedy bank of {k} (add above running p95, merge closest)"
-            maps, s = score_bank(bank, test.features, size, sigma)
+            if name == "patchcore":
+                maps, s = score_patchcore(bank, test.features, size, sigma)
+            else:
+                maps, s = score_bank(bank, test.features, size, sigma)
             entry = compute_metrics(maps, s, test)
             entry.update(items=int(bank.shape[0]), note=note, seconds=time.perf_counter() - t)
             result["roc"][name] = _roc(s, test.labels)

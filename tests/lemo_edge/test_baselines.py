@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from lemo_edge.baselines import GreedyBank
@@ -32,3 +33,17 @@ def test_greedy_bank_adds_only_patches_beyond_the_running_level():
     bank.add(z, torch.tensor([0.1, 5.0]))
     assert bank.items.shape[0] == 9  # the first image's 8 patches, then only the far one
     assert float(bank.items[-1]) == 5.0
+
+
+def test_patchcore_scores_reweight_the_maximum_by_its_neighbourhood():
+
+    from lemo_edge.baselines import patchcore_scores
+
+    bank = torch.tensor([[0.0], [1.0], [10.0]])
+    features = torch.tensor([[5.0, 0.5]]).view(1, 1, 1, 2)  # patches 5 (nearest: 1, at 4) and 0.5
+    maps, plain = patchcore_scores(bank, features, (4, 8), sigma=0, neighbors=1)
+    assert plain.tolist() == [4.0]
+    assert maps.shape == (1, 4, 8) and maps[0, :, :4].eq(4.0).all() and maps[0, :, 4:].eq(0.5).all()  # nearest
+    _, weighted = patchcore_scores(bank, features, (4, 8), sigma=0, neighbors=3)
+    # the maximum's nearest item (1) and its neighbours 1, 0, 10 lie at 4, 5, 5 from it
+    assert weighted.item() == pytest.approx(4.0 * (1.0 - 1.0 / (1.0 + 2.0 * math.e)), rel=1e-5)
