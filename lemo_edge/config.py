@@ -38,14 +38,19 @@ class ModelConfig:
         merge_slack: (coreset) when K is exceeded, merge down to ``(1 - merge_slack) * K`` items:
             small values merge a little on most images instead of much every few images (same
             accuracy, a far lower p99 of the update; docs/method.md section 7).
-        admission: (coreset) ``"recurrence"``: an image's least-covered patches wait in a pending pool
-            (searched, so usable for scoring) and enter the memory only once patches of
-            ``confirm_images`` later learned images came nearer to them than they were to the memory;
-            unconfirmed ones expire after ``pending_ttl`` learned images (docs/method.md section 8);
-            ``"coverage"``: they enter at once (the rule before the pool; learns the defects it sees).
+        admission: (coreset) ``"recurrence"``: of an image's least-covered patches, those whose position-
+            normalised score is at most ``admit_z`` enter the memory at once; the more surprising ones wait in a
+            pending pool and enter only once patches of ``confirm_images`` later learned images came nearer to
+            them than they were to the memory; unconfirmed ones expire after ``pending_ttl`` learned images
+            (docs/method.md section 8); ``"coverage"``: all enter at once (the rule before the pool; it learns
+            the defects it sees).
         pending_size: (coreset, recurrence) rows of K reserved for the pending pool; 0: K / 8.
         confirm_images: (coreset, recurrence) later images whose patches must recur near a pending item.
         pending_ttl: (coreset, recurrence) learned images a pending item waits before it expires.
+        admit_z: (coreset, recurrence) patches whose position-normalised score is at most this enter the
+            memory at once; only the more surprising ones wait in the pending pool; ``None``: all wait.
+        pending_searched: (coreset, recurrence) score against the pending rows too (a rare pattern is
+            usable while it waits, and so is a defect); otherwise they only collect evidence.
         ivf_lists: (coreset) split the memory into this many k-means cells and let each patch search
             only ``ivf_probe`` of them (approximate, faster; lemo_edge.ivf); 0: exact search.
         ivf_probe: cells searched per patch when ``ivf_lists`` > 0.
@@ -79,10 +84,12 @@ class ModelConfig:
     position_window: int = 64
     insert_per_image: int = 64
     merge_slack: float = 0.01
-    admission: str = "coverage"
+    admission: str = "recurrence"
     pending_size: int = 0
     confirm_images: int = 2
     pending_ttl: int = 32
+    admit_z: float | None = 4.0
+    pending_searched: bool = False
     ivf_lists: int = 0
     ivf_probe: int = 8
     adapter: bool = False
@@ -236,6 +243,8 @@ FIELD_RULES: dict[str, FieldRule] = {
     "pending_size": _int(0),
     "confirm_images": _int(1),
     "pending_ttl": _int(1),
+    "admit_z": FieldRule(float, "null or a finite number", optional=True),
+    "pending_searched": FieldRule(bool, "a bool"),
     "ivf_lists": _int(0),
     "ivf_probe": FieldRule(int, "an integer >= 1"),  # its range (1..ivf_lists) is checked with ivf_lists
     "adapter": FieldRule(bool, "a bool"),

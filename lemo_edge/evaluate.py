@@ -22,6 +22,7 @@ from tqdm import tqdm
 from lemo_edge import metrics
 from lemo_edge.baselines import GreedyBank, ReservoirBank, patchcore_bank, patchcore_scores
 from lemo_edge.config import ModelConfig
+from lemo_edge.contamination import ContaminationCounter, defect_patches
 from lemo_edge.datasets import DatasetSplits, resize_sample
 from lemo_edge.errors import InputError
 from lemo_edge.inspector import Inspector
@@ -384,7 +385,7 @@ class Evaluator:
         stream = Stream()
         pixel_maps = np.zeros((len(order), *stream_data.masks.shape[1:]), np.float16)
         defect_cells = defect_patches(stream_data.masks, model.grid)
-        admitted: list[torch.Tensor] = []
+        counter = ContaminationCounter(defect_cells.shape[1])
         t = time.perf_counter()
         for position, idx in enumerate(tqdm(order, desc="mixed stream", unit="img", leave=False, disable=None)):
             feats = stream_data.features[idx : idx + 1].float()
@@ -395,8 +396,9 @@ class Evaluator:
                     outcome = inspector.commit(outcome, force=True, tag=idx)
             else:
                 outcome = inspector.step(feats, tag=idx)
+            counter.observe(idx, label, defect_cells[idx], outcome.learned)
             if isinstance(model.memory, CoresetMemory):
-                admitted.append(model.memory.pop_admitted())
+                counter.admit(model.memory.pop_admitted())
             stream.scores.append(outcome.score)
             stream.labels.append(label)
             stream.accepted.append(outcome.learned)
@@ -405,7 +407,6 @@ class Evaluator:
         maps, test_scores = score_model(inspector, test.features)
         result: dict[str, Any] = compute_metrics(maps, test_scores, test, threshold=updater.threshold.value)
         labels = np.asarray(stream.labels)
-        accepted = np.asarray(stream.accepted)
         masks = stream_data.masks[np.asarray(order)]
         result.update(
             method=self.config.method,
@@ -421,12 +422,9 @@ class Evaluator:
                 if masks.any()
                 else None  # no defect pixel in the stream (clean, or image-level labels only)
             ),
-            defect_accept_rate=float(accepted[labels == 1].mean()) if (labels == 1).any() else None,
-            normal_accept_rate=float(accepted[labels == 0].mean()),
             roc={"lemo": _roc(test_scores, test.labels)},
         )
-        if isinstance(model.memory, CoresetMemory):
-            result.update(contamination(model.memory, admitted, defect_cells))
+        result.update(counter.result(model.memory if isinstance(model.memory, CoresetMemory) else None))
         result["_grid"] = _grid(test, maps, grid)
         return result
 
@@ -476,55 +474,6 @@ class Evaluator:
             out[name] = entry
             log.info("baseline %s: %s", name, entry)
         return out
-
-
-def defect_patches(masks: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
-    """Which patches are defect patches: cells with at least half of their pixels in the mask.
-
-    Args:
-        masks: ``(N, H, W) uint8`` pixel masks (0/1), H and W multiples of the grid.
-        grid: ``(h, w)`` patch grid.
-
-    Returns:
-        ``(N, h * w) bool``, patches in row-major order (the model's embedding order).
-    """
-    n, height, width = masks.shape
-    h, w = grid
-    cells = masks.reshape(n, h, height // h, w, width // w).astype(np.float32).mean(axis=(2, 4))
-    return (cells >= 0.5).reshape(n, h * w)
-
-
-def contamination(memory: CoresetMemory, admitted: Sequence[torch.Tensor], defect: np.ndarray) -> dict[str, Any]:
-    """Patch-level contamination of a coreset memory learned from a stream whose rows were tagged.
-
-    Args:
-        memory: the memory at the end of the stream (row tags: ``stream index * P + patch``).
-        admitted: tags of the rows confirmed during the stream (:meth:`CoresetMemory.pop_admitted`).
-        defect: ``(N, P) bool`` defect patches of the stream (:func:`defect_patches`).
-
-    Returns:
-        ``defect_patch_learned`` (share of the streamed defect patches that became confirmed memory
-        items), ``memory_defect_share`` (share of the final confirmed items that came from defect
-        patches), ``pending_defect_share`` (the same for the pending rows, which are searched too), and
-        ``defect_patches`` (how many there were); shares are ``None`` without a denominator.
-    """
-    flat = defect.reshape(-1)
-    total = int(flat.sum())
-    tags = torch.cat(list(admitted)) if admitted else torch.zeros(0, dtype=torch.int64)
-    learned = np.unique(tags.numpy()) if tags.numel() else np.zeros(0, np.int64)
-    learned = learned[(learned >= 0) & (learned < flat.size)]
-
-    def share(tagged: torch.Tensor) -> float | None:
-        rows = tagged.cpu().numpy()
-        rows = rows[(rows >= 0) & (rows < flat.size)]
-        return float(flat[rows].mean()) if rows.shape[0] else None
-
-    return {
-        "defect_patches": total,
-        "defect_patch_learned": float(flat[learned].sum()) / total if total else None,
-        "memory_defect_share": share(memory.tags[: memory.size]),
-        "pending_defect_share": share(memory.tags[memory.size : memory.size + memory.pending]),
-    }
 
 
 def _roc(scores: np.ndarray, labels: np.ndarray) -> dict[str, list[float]]:

@@ -42,18 +42,20 @@ def orthogonal_noise(k: int, d: int, scale: float = 1.0, generator: torch.Genera
 
 
 class CoresetMemory(nn.Module):
-    """Streaming k-center memory of at most K items, with an optional pending pool for admission.
+    """Streaming k-center memory of at most K items, with a pending pool for admission.
 
     Confirmed items occupy rows ``[0, size)`` of the bank; with ``admission="recurrence"``, pending items
-    (patches that were new to the memory and wait for evidence that they recur) follow in rows
-    ``[size, size + pending)``. Both are searched (a rare normal pattern is usable for scoring while it
-    waits), at most ``capacity - pending_capacity`` items are confirmed, so the memory never holds more
-    than K rows. A pending item is confirmed once patches of ``confirm`` later learned images had it as
-    their nearest item, nearer than it was itself to the memory when it arrived; it expires unconfirmed
-    after ``ttl`` learned images. A defect's patches are the least-covered of their image, so they are
-    what farthest-first picks; they seldom recur in the images judged normal, so they expire instead of
-    entering the memory (docs/method.md section 8). ``admission="coverage"`` inserts directly (the rule
-    before the pending pool).
+    follow in rows ``[size, size + pending)``; at most ``capacity - pending_capacity`` items are confirmed, so
+    the memory never holds more than K rows. Each learned image offers its least-covered patches
+    (farthest-first); a defect's patches are exactly those, so they are not all let in at once: a chosen
+    patch whose *surprise* (its position-normalised score) is at most ``admit_z`` enters at once, a more
+    surprising one waits in the pool. A pending item is confirmed once patches of ``confirm`` later learned
+    images came nearer to it than it was itself to the memory when it arrived; it expires unconfirmed after
+    ``ttl`` learned images (or when the pool is full, oldest first). The pool is searched for scoring only
+    with ``pending_searched`` (otherwise it only collects evidence, from one extra block of distances).
+    ``admit_z=None`` makes every chosen patch wait (pure recurrence); ``admission="coverage"`` lets every one
+    in at once (the rule before the pool; it learns the defects it sees). docs/method.md section 8 has the
+    measurements.
 
     Buffers (all saved): ``bank (K, D) float32``, ``count () int64`` (confirmed rows), ``radius () float32``,
     ``tags (K,) int64`` (provenance of each row, -1 unknown), and for the pool ``pending_count () int64``,
@@ -83,6 +85,8 @@ class CoresetMemory(nn.Module):
         pending_capacity: int = 0,
         confirm: int = 2,
         ttl: int = 32,
+        admit_z: float | None = None,
+        pending_searched: bool = True,
     ) -> None:
         super().__init__()
         if admission not in ADMISSIONS:
@@ -101,6 +105,8 @@ class CoresetMemory(nn.Module):
         self.slack = slack
         self.confirm = confirm
         self.ttl = ttl
+        self.admit_z = admit_z
+        self.pending_searched = pending_searched
         self.register_buffer("bank", torch.zeros(capacity, dim))
         self.register_buffer("count", torch.zeros((), dtype=torch.int64))
         self.register_buffer("radius", torch.zeros(()))
@@ -120,8 +126,8 @@ class CoresetMemory(nn.Module):
 
     @property
     def items(self) -> torch.Tensor:
-        """``(n, D) float32``: the rows searched, confirmed then pending (n <= K)."""
-        return self.bank[: self.size + self.pending]
+        """``(n, D) float32``: the rows searched (n <= K): confirmed then, when they are searched, pending."""
+        return self.bank[: self.size + (self.pending if self.pending_searched else 0)]
 
     @property
     def confirmed(self) -> torch.Tensor:
@@ -173,7 +179,14 @@ class CoresetMemory(nn.Module):
         return self.index.search(z, self.items, k)
 
     @torch.no_grad()
-    def insert(self, z: torch.Tensor, nearest: torch.Tensor, index: torch.Tensor | None = None, tag: int = -1) -> int:
+    def insert(
+        self,
+        z: torch.Tensor,
+        nearest: torch.Tensor,
+        index: torch.Tensor | None = None,
+        tag: int = -1,
+        surprise: torch.Tensor | None = None,
+    ) -> int:
         """Learn from one image's patches; returns how many became confirmed or pending items.
 
         Args:
@@ -182,6 +195,9 @@ class CoresetMemory(nn.Module):
                 when the memory is empty); scoring computed it already, so it is not recomputed.
             index: ``(P,) int64`` that nearest row (needed for recurrence evidence; ``None``: no evidence).
             tag: provenance of the image (e.g. its stream position); row tags are ``tag * P + patch``.
+            surprise: ``(P,) float32`` position-normalised patch scores; with recurrence, chosen patches at
+                most :attr:`admit_z` enter at once and only the others wait. ``None`` (not known yet): all
+                enter at once, unless :attr:`admit_z` is ``None`` (pure recurrence: all wait).
         """
         if z.ndim != 2 or nearest.shape != z.shape[:1] or (index is not None and index.shape != nearest.shape):
             raise InputError(
@@ -194,14 +210,21 @@ class CoresetMemory(nn.Module):
         chosen = farthest_first(z, None if empty else nearest, self.insert_per_image, self.coverage_radius)
         new = z[chosen].float()
         tags = tag * z.shape[0] + chosen if tag >= 0 else torch.full_like(chosen, -1)
-        if self.admission == "coverage":
-            self._confirm_rows(new, tags)
+        if self.admission == "coverage" or (surprise is None and self.admit_z is not None):
+            self._confirm_rows(new, tags)  # no surprise known yet (position statistics not ready): at once
             return int(chosen.numel())
-        self._admit_pending(nearest, index, new, tags, None if empty else nearest[chosen].float())
+        novelty = None if empty else nearest[chosen].float()
+        if surprise is not None and self.admit_z is not None:
+            direct = surprise.flatten()[chosen] <= self.admit_z
+            self._confirm_rows(new[direct], tags[direct])
+            new, tags = new[~direct], tags[~direct]
+            novelty = None if novelty is None else novelty[~direct]
+        self._admit_pending(z, nearest, index, new, tags, novelty)
         return int(chosen.numel())
 
     def _admit_pending(
         self,
+        z: torch.Tensor,
         nearest: torch.Tensor,
         index: torch.Tensor | None,
         new: torch.Tensor,
@@ -214,7 +237,11 @@ class CoresetMemory(nn.Module):
         rows = slice(start, start + n)
         pend, pend_tags = self.bank[rows].clone(), self.tags[rows].clone()
         birth, support, novelty = self.birth[:n].clone(), self.support[:n].clone(), self.novelty[:n].clone()
-        if n and index is not None:
+        if n and not self.pending_searched:
+            # the pool is not searched: one block of distances, the image's patches x the pending rows
+            closest = squared_distances(z.float(), pend).min(dim=0).values.clamp_min(0).sqrt()
+            support += (closest < novelty).long()
+        elif n and index is not None:
             slot = index - start
             is_pending = (slot >= 0) & (slot < n)
             slot = slot.clamp(0, max(n - 1, 0))

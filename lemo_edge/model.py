@@ -137,6 +137,8 @@ class LemoModel(nn.Module):
                 pending_capacity=config.pending_rows,
                 confirm=config.confirm_images,
                 ttl=config.pending_ttl,
+                admit_z=config.admit_z,
+                pending_searched=config.pending_searched,
             )
         else:
             scale = float(config.extra.get("init_scale", 1.0))

@@ -155,7 +155,9 @@ class OnlineUpdater:
         memory = self.model.memory
         z = scores.embeddings[0].detach()
         if isinstance(memory, CoresetMemory):
-            inserted = memory.insert(z, scores.nearest.nearest_distance, scores.nearest.index, tag)
+            norm = self.model.position_norm
+            surprise = scores.patch[0] if norm is not None and norm.ready else None
+            inserted = memory.insert(z, scores.nearest.nearest_distance, scores.nearest.index, tag, surprise)
             self._stats.inserted += inserted
             if self.optimizer is not None:
                 self._gradient_steps(features)

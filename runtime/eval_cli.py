@@ -17,6 +17,7 @@ import numpy as np
 
 from lemo_edge.config import ModelConfig
 from lemo_edge.errors import InputError
+from lemo_edge.runtime.summary import percent
 from lemo_edge.utils import json_safe
 
 log = logging.getLogger(__name__)
@@ -112,11 +113,6 @@ def run(args: argparse.Namespace) -> int:
         write_report(result, grid, Path(args.report))
     print(summary_line(result))
     return 0
-
-
-def percent(value: float | None) -> str:
-    """``12.3%``, or ``n/a`` for a share that is not available."""
-    return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
 def summary_line(result: dict[str, Any]) -> str:

@@ -36,8 +36,10 @@ import cv2
 import numpy as np
 import torch
 
+from lemo_edge.contamination import ContaminationCounter, defect_patches
 from lemo_edge.errors import InputError, describe
 from lemo_edge.inspector import Inspector
+from lemo_edge.memory import CoresetMemory
 from lemo_edge.model import LemoModel
 from lemo_edge.scoring import Scorer
 from lemo_edge.timing import StageTimer
@@ -177,6 +179,13 @@ class InspectionLoop:
         self._scores = array("d")
         self._labels = array("b")
         self._after_warmup = array("b")
+        # patch-level contamination, counted while frames carry masks (synthetic://); rows of a loaded
+        # state are of another run: their provenance is forgotten so that tags (this run's frame numbers) are unique
+        self._memory = self.model.memory if isinstance(self.model.memory, CoresetMemory) else None
+        self._contamination: ContaminationCounter | None = None
+        if self._memory is not None:
+            self._memory.tags.fill_(-1)
+            self._memory.pop_admitted()
         self.frames = 0
         self.anomalies = 0
         self.updates = 0
@@ -265,6 +274,7 @@ class InspectionLoop:
             stopped=self.stopped,
             backend=self.backend_name,
             scorer=self.scorer_name,
+            contamination=self._contamination.result(self._memory) if self._contamination is not None else None,
         )
 
     def failing_sinks(self) -> list[dict[str, object]]:
@@ -331,7 +341,8 @@ class InspectionLoop:
         seen_before = self.updater.stats.seen
         if not self.options.freeze:
             self._consistent = False
-        outcome = self.inspector.step(features)  # the frame's host synchronisation
+        masked = frame.mask is not None and self._memory is not None
+        outcome = self.inspector.step(features, tag=self.frames if masked else -1)  # the frame's host sync
         if not self.options.freeze:
             self._consistent = True
             self._dirty = True
@@ -374,6 +385,12 @@ class InspectionLoop:
             self._scores.append(outcome.score)
             self._labels.append(1 if frame.label else 0)
             self._after_warmup.append(int(seen_before >= self.model.config.warmup))
+        if masked and frame.mask is not None and self._memory is not None:
+            if self._contamination is None:
+                self._contamination = ContaminationCounter(self.model.grid[0] * self.model.grid[1])
+            cells = defect_patches(frame.mask[None], self.model.grid)[0]
+            self._contamination.observe(self.frames, frame.label, cells, outcome.learned)
+            self._contamination.admit(self._memory.pop_admitted())
         for stage in STAGES:
             self._latency[stage].append(latency.get(stage, 0.0))
         self._recent_total.append(latency["total"])

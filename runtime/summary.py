@@ -44,6 +44,9 @@ class RunSummary:
         stopped: why the run ended (``end of input``, ``frames limit``, ``signal SIGTERM``, ``quit``, ...).
         backend: the feature backend and why it was chosen.
         scorer: the nearest-memory scorer and why it was chosen.
+        contamination: when the frames carried defect masks (``synthetic://``), what the memory learned of
+            the defects: ``defect_accept_rate``, ``normal_accept_rate``, ``defect_patch_learned``,
+            ``memory_defect_share``, ``pending_defect_share`` (:mod:`lemo_edge.contamination`); else None.
     """
 
     frames: int = 0
@@ -68,6 +71,7 @@ class RunSummary:
     stopped: str = ""
     backend: str = ""
     scorer: str = ""
+    contamination: dict[str, Any] | None = None
 
     @property
     def skipped_total(self) -> int:
@@ -109,6 +113,13 @@ class RunSummary:
             )
         elif self.labelled:
             lines.append(f"prequential image AUROC: n/a ({self.labelled} labelled frames, one class only)")
+        if self.contamination is not None:
+            c = self.contamination
+            lines.append(
+                f"learned from {percent(c['defect_accept_rate'])} of the defect frames and "
+                f"{percent(c['normal_accept_rate'])} of the normal ones; defect patches learned "
+                f"{percent(c['defect_patch_learned'])}; memory from defect patches {percent(c['memory_defect_share'])}"
+            )
         if self.state is not None:
             resumed = (
                 f"; resumed from {self.resumed_updates} updates" if self.resumed_updates is not None else "; new model"
@@ -117,6 +128,11 @@ class RunSummary:
         if self.backend or self.scorer:
             lines.append(f"backend {self.backend}; scorer {self.scorer}")
         return "\n".join(lines)
+
+
+def percent(value: float | None) -> str:
+    """``12.3%``, or ``n/a`` for None."""
+    return "n/a" if value is None else f"{100.0 * value:.1f}%"
 
 
 def prequential_auroc(scores: array, labels: array, mask: np.ndarray | None = None) -> float | None:

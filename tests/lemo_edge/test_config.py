@@ -32,6 +32,7 @@ OUT_OF_RANGE: list[tuple[str, object, str]] = [
     ("pending_size", -1, "an integer >= 0"),
     ("confirm_images", 0, "an integer >= 1"),
     ("pending_ttl", 0, "an integer >= 1"),
+    ("admit_z", math.inf, "null or a finite number"),
     ("ivf_lists", -1, "an integer >= 0"),
     ("steps_per_image", 0, "an integer >= 1"),
     ("lr_memory", -1e-3, "a finite number >= 0"),
@@ -64,6 +65,8 @@ WRONG_TYPE: list[tuple[str, object]] = [
     ("insert_per_image", False),
     ("merge_slack", True),
     ("pending_ttl", 3.5),
+    ("admit_z", "4"),
+    ("pending_searched", 1),
     ("admission", 1),
     ("pending_size", 1.0),
     ("confirm_images", None),
@@ -98,7 +101,13 @@ def test_default_config_is_valid_and_round_trips():
 def test_every_field_has_a_rule_and_a_bad_value_here():
     fields = {f.name for f in dataclasses.fields(ModelConfig)} - {"extra"}
     assert set(FIELD_RULES) == fields
-    assert {name for name, _, _ in OUT_OF_RANGE} | {"position_norm", "adapter", "gate", "ivf_probe"} == fields
+    assert {name for name, _, _ in OUT_OF_RANGE} | {
+        "position_norm",
+        "adapter",
+        "gate",
+        "ivf_probe",
+        "pending_searched",
+    } == fields
     assert {name for name, _ in WRONG_TYPE} == fields
 
 

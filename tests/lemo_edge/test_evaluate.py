@@ -204,7 +204,7 @@ def test_mixed_protocol_without_masks_reports_pixel_na(tmp_path, capsys):
 def test_defect_patches_are_cells_at_least_half_in_the_mask():
     import numpy as np
 
-    from lemo_edge.evaluate import defect_patches
+    from lemo_edge.contamination import defect_patches
 
     masks = np.zeros((1, 8, 8), np.uint8)
     masks[0, 0:4, 0:2] = 1  # half of cell (0, 0)

@@ -108,6 +108,13 @@ def test_synthetic_run_writes_events_state_and_prequential_auroc(
     assert summary["resumed_updates"] is None
     assert summary["nonfinite"] == 0 and summary["sink_failures"] == {}
     assert all(r["failing_sinks"] == [] and r["finite"] is True for r in records)
+    # synthetic frames carry masks: the summary says what the memory learned of the defects
+    contamination = summary["contamination"]
+    defects = [r for r in records if r["label"] == 1]
+    assert contamination["defect_accept_rate"] == pytest.approx(sum(r["updated"] for r in defects) / len(defects))
+    assert contamination["defect_patches"] > 0 and 0.0 <= contamination["defect_patch_learned"] <= 1.0
+    assert 0.0 <= contamination["memory_defect_share"] <= 1.0
+    assert "defect patches learned" in out
     assert all(r["learned"] == (r["reason"] in ("warm-up", "below threshold")) for r in records)
     assert "prequential image AUROC" in out and f"frames {n} in" in out
     saved = load_state(state, resolve_spec(CONFIG.backbone), CONFIG)
