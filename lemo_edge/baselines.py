@@ -160,16 +160,18 @@ def patchcore_scores(
     Returns:
         ``(B, H, W) float32`` maps and ``(B,) float32`` image scores.
     """
+    patch, score = patchcore_patch_scores(bank, features, neighbors)
+    return patchcore_maps(patch, size, sigma), score
+
+
+def patchcore_patch_scores(
+    bank: torch.Tensor, features: torch.Tensor, neighbors: int = 9
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PatchCore's patch scores ``(B, h, w)`` and re-weighted image scores ``(B,)`` (see :func:`patchcore_scores`)."""
     b, d, h, w = features.shape
     z = features.float().flatten(2).transpose(1, 2).reshape(-1, d)
     nearest = nearest_memory(z, bank, 1)
     patch = nearest.score.view(b, h * w)
-    maps = F.interpolate(patch.view(b, 1, h, w), size=size, mode="nearest")
-    if sigma > 0:
-        kernel = gaussian_kernel1d(sigma, maps.device)
-        pad = kernel.numel() // 2
-        maps = F.pad(maps, (pad, pad, pad, pad), mode="reflect")
-        maps = F.conv2d(F.conv2d(maps, kernel.view(1, 1, 1, -1)), kernel.view(1, 1, -1, 1))
     rows = torch.arange(b, device=z.device)
     top = patch.argmax(dim=1)
     score = patch[rows, top]
@@ -179,4 +181,15 @@ def patchcore_scores(
         support = squared_distances(centre, bank).topk(min(neighbors, bank.shape[0]), dim=1, largest=False).indices
         distances = (top_features[:, None, :] - bank[support]).norm(dim=2)
         score = (1.0 - torch.softmax(distances, dim=1)[:, 0]) * score
-    return maps[:, 0], score
+    return patch.view(b, h, w), score
+
+
+def patchcore_maps(patch: torch.Tensor, size: tuple[int, int], sigma: float = 4.0) -> torch.Tensor:
+    """PatchCore's maps ``(B, H, W)`` of patch scores ``(B, h, w)``: nearest upsampling, reflected Gaussian."""
+    maps = F.interpolate(patch[:, None], size=size, mode="nearest")
+    if sigma > 0:
+        kernel = gaussian_kernel1d(sigma, maps.device)
+        pad = kernel.numel() // 2
+        maps = F.pad(maps, (pad, pad, pad, pad), mode="reflect")
+        maps = F.conv2d(F.conv2d(maps, kernel.view(1, 1, 1, -1)), kernel.view(1, 1, -1, 1))
+    return maps[:, 0]

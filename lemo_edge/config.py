@@ -15,6 +15,7 @@ from lemo_edge.errors import InputError
 METHODS = ("coreset", "lemo")
 LOSS_SIGNS = ("fixed", "paper")
 ADMISSIONS = ("recurrence", "coverage")
+KNN_BACKENDS = ("exact", "faiss-ivf", "usearch")  # lemo_edge.knn.BACKENDS (imported there: no import here)
 
 
 @dataclass(frozen=True)
@@ -51,9 +52,9 @@ class ModelConfig:
             memory at once; only the more surprising ones wait in the pending pool; ``None``: all wait.
         pending_searched: (coreset, recurrence) score against the pending rows too (a rare pattern is
             usable while it waits, and so is a defect); otherwise they only collect evidence.
-        ivf_lists: (coreset) split the memory into this many k-means cells and let each patch search
-            only ``ivf_probe`` of them (approximate, faster; lemo_edge.ivf); 0: exact search.
-        ivf_probe: cells searched per patch when ``ivf_lists`` > 0.
+        knn: (coreset) nearest-item search: ``"exact"`` (the torch reference) or a library index that follows
+            the memory (``"faiss-ivf"``, ``"usearch"``: approximate, faster on a CPU; lemo_edge.knn; needs
+            ``pending_searched=False``); a memory on a GPU always searches exactly (or by the CUDA scorer).
         adapter: learn the adapter (1x1 CoordConv) online; otherwise it stays at identity.
         steps_per_image: optimiser steps per incoming image (lemo, or coreset with ``adapter``).
         lr_memory: learning rate of the memory items (lemo).
@@ -90,8 +91,7 @@ class ModelConfig:
     pending_ttl: int = 32
     admit_z: float | None = 4.0
     pending_searched: bool = False
-    ivf_lists: int = 0
-    ivf_probe: int = 8
+    knn: str = "exact"
     adapter: bool = False
     steps_per_image: int = 1
     lr_memory: float = 1e-2
@@ -119,19 +119,17 @@ class ModelConfig:
         """
         for name, rule in FIELD_RULES.items():
             object.__setattr__(self, name, rule.check(name, getattr(self, name)))
-        if self.ivf_probe < 1 or (self.ivf_lists and self.ivf_probe > self.ivf_lists):
-            raise InputError(
-                "ivf: expected ivf_lists >= 0 and 1 <= ivf_probe <= ivf_lists, "
-                f"got ivf_lists={self.ivf_lists} and ivf_probe={self.ivf_probe}"
-            )
         if self.method == "coreset" and self.admission == "recurrence":
             if self.pending_size and not 1 <= self.pending_size < self.memory_size:
                 raise InputError(
                     f"pending_size: expected 1..memory_size-1 ({self.memory_size - 1}) with admission "
                     f"'recurrence', got {self.pending_size}"
                 )
-            if self.ivf_lists:
-                raise InputError("ivf_lists: expected 0 with admission 'recurrence' (the index follows appends only)")
+            if self.knn != "exact" and self.pending_searched:
+                raise InputError(
+                    "knn: expected 'exact' with pending_searched (the index follows the confirmed items), "
+                    f"got {self.knn!r}"
+                )
         if not isinstance(self.extra, dict) or not all(isinstance(k, str) for k in self.extra):
             raise InputError(f"extra: expected a dict with string keys, got {self.extra!r}")
 
@@ -160,7 +158,14 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise InputError."""
+        """Inverse of :meth:`to_dict`; unknown keys raise InputError. A config saved before the library index
+        (``ivf_lists``/``ivf_probe``, the hand-written inverted file) loads with ``knn="faiss-ivf"`` for a
+        non-zero ``ivf_lists``, else ``"exact"``."""
+        data = dict(data)
+        lists = data.pop("ivf_lists", None)
+        data.pop("ivf_probe", None)
+        if lists and "knn" not in data:
+            data["knn"] = "faiss-ivf"
         return cls().replace(**data)
 
 
@@ -245,8 +250,7 @@ FIELD_RULES: dict[str, FieldRule] = {
     "pending_ttl": _int(1),
     "admit_z": FieldRule(float, "null or a finite number", optional=True),
     "pending_searched": FieldRule(bool, "a bool"),
-    "ivf_lists": _int(0),
-    "ivf_probe": FieldRule(int, "an integer >= 1"),  # its range (1..ivf_lists) is checked with ivf_lists
+    "knn": FieldRule(str, f"one of {list(KNN_BACKENDS)}", lambda v: v in KNN_BACKENDS),
     "adapter": FieldRule(bool, "a bool"),
     "steps_per_image": _int(1),
     "lr_memory": _float(0.0),

@@ -21,7 +21,7 @@ from torch import nn
 
 from lemo_edge.config import ADMISSIONS
 from lemo_edge.errors import InputError, describe
-from lemo_edge.ivf import InvertedIndex
+from lemo_edge.knn import MemoryIndex
 from lemo_edge.scoring import Nearest, Scorer, nearest_memory, squared_distances
 
 
@@ -80,7 +80,7 @@ class CoresetMemory(nn.Module):
         dim: int,
         insert_per_image: int = 64,
         slack: float = 0.01,
-        index: InvertedIndex | None = None,
+        index: MemoryIndex | None = None,
         admission: str = "coverage",
         pending_capacity: int = 0,
         confirm: int = 2,
@@ -93,9 +93,10 @@ class CoresetMemory(nn.Module):
             raise InputError(f"admission: expected one of {list(ADMISSIONS)}, got {admission!r}")
         if admission == "recurrence" and not 1 <= pending_capacity < capacity:
             raise InputError(f"pending_capacity: expected 1..{capacity - 1} with recurrence, got {pending_capacity}")
-        if admission == "recurrence" and index is not None:
-            raise InputError("ivf: expected admission='coverage' with an inverted index (it follows appends only)")
-        self.index = index  # approximate search (lemo_edge.ivf); None: exact
+        if index is not None and admission == "recurrence" and pending_searched:
+            raise InputError("knn: expected pending_searched=False with an index (it follows the confirmed items)")
+        self.index = index  # nearest-item search through a library (lemo_edge.knn); None: the exact reference
+        self._index_stale = index is not None
         self.scorer: Scorer | None = None
         self.admission = admission
         self.capacity = capacity
@@ -163,20 +164,29 @@ class CoresetMemory(nn.Module):
         self._forget_derived()
 
     def _forget_derived(self) -> None:
-        """Drop what was computed from the old items (nearest-other cache, index)."""
+        """Drop what was computed from the old items (nearest-other cache; the index is rebuilt when next used)."""
         self._nn = None
-        if self.index is not None:
-            self.index.reset()
+        self._index_stale = self.index is not None
+
+    def _indexed(self) -> MemoryIndex | None:
+        """The index, following the confirmed items, when searches go through it (CPU memory); else None."""
+        if self.index is None or self.bank.device.type != "cpu":
+            return None
+        if self._index_stale:
+            self.index.reset(self.confirmed)
+            self._index_stale = False
+        return self.index
 
     @torch.no_grad()
     def search(self, z: torch.Tensor, k: int) -> Nearest:
-        """Nearest items of ``z (N, D)``: through :attr:`scorer` when one is set, else the inverted index
-        when there is one, else the exact reference."""
+        """Nearest items of ``z (N, D)``: through :attr:`scorer` when one is set, else the index (lemo_edge.knn)
+        when there is one and the memory is on the CPU, else the exact reference."""
         if self.scorer is not None:
             return self.scorer(z, self.items)
-        if self.index is None:
+        index = self._indexed()
+        if index is None or k > len(index):
             return nearest_memory(z, self.items, k)
-        return self.index.search(z, self.items, k)
+        return index.search(z, k)
 
     @torch.no_grad()
     def insert(
@@ -276,6 +286,9 @@ class CoresetMemory(nn.Module):
         if tags.numel() and bool((tags >= 0).any()):
             self._admitted.append(tags[tags >= 0].cpu())
         count = self.size
+        index = self._indexed()
+        if index is not None:
+            index.add(new)
         if count + new.shape[0] <= self.confirmed_capacity:
             self.bank[count : count + new.shape[0]] = new
             self.tags[count : count + new.shape[0]] = tags
@@ -286,16 +299,19 @@ class CoresetMemory(nn.Module):
         self.bank[: items.shape[0]] = items
         self.tags[: items.shape[0]] = all_tags[kept]
         self._set_size(items.shape[0])
-        if self.index is not None:
-            self.index.note_merge()
+        if index is not None:  # the merge keeps the survivors in order: the index drops the others
+            dropped = torch.ones(count + new.shape[0], dtype=torch.bool)
+            dropped[kept] = False
+            index.remove(torch.nonzero(dropped).flatten())
 
     def _grow_radius_and_merge(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Drop the most redundant items until ``(1 - slack) * K`` remain; raise the radius.
 
         Pairs (an item and its nearest other item) are taken by increasing distance; of each pair the
-        newer item is dropped. A round takes the ``need`` closest pairs at once and skips a pair one of
-        whose members an earlier pair of the round drops (so no item is dropped twice and every dropped
-        item keeps a partner); further rounds, with the nearest others of orphaned items recomputed,
+        newer item is dropped. A round takes the ``2 need`` closest pairs at once (a mutual pair appears
+        twice), skips a pair one of whose members an earlier pair of the round drops, and keeps the first
+        ``need`` pairs not skipped (so no item is dropped twice and every dropped item keeps a partner);
+        further rounds, with the nearest others of orphaned items recomputed,
         follow until ``(1 - slack) * K`` items remain. The radius becomes the largest distance of a pair
         merged so far (it never shrinks), so later insertions only add patches farther than that from
         every item. Vectorised: a few host reads per round, none per pair.
@@ -311,13 +327,16 @@ class CoresetMemory(nn.Module):
         n = items.shape[0]
         while n > target:
             need = n - target
-            order = torch.argsort(nn_dist)[:need]
+            # twice the pairs needed (a mutual pair appears twice and is taken once), the first ``need`` taken
+            candidates = min(n, 2 * need + 8)
+            order = torch.topk(nn_dist, candidates, largest=False, sorted=True).indices
             first, second = order, nn_index[order]
             drop = torch.maximum(first, second)
             position = torch.arange(order.shape[0], device=device)
-            first_drop = torch.full((n,), need, dtype=torch.int64, device=device)
+            first_drop = torch.full((n,), candidates, dtype=torch.int64, device=device)
             first_drop.scatter_reduce_(0, drop, position, reduce="amin")
             take = (first_drop[first] >= position) & (first_drop[second] >= position)
+            take &= torch.cumsum(take, 0) <= need
             dropped = torch.zeros(n, dtype=torch.bool, device=device)
             dropped[drop[take]] = True
             radius = torch.maximum(radius, nn_dist[order[take]].max())

@@ -11,7 +11,7 @@ from torch import nn
 from lemo_edge.backbone import FeatureSpec
 from lemo_edge.config import ModelConfig
 from lemo_edge.errors import InputError, describe
-from lemo_edge.ivf import InvertedIndex
+from lemo_edge.knn import create_memory_index
 from lemo_edge.memory import CoresetMemory, LearnedMemory
 from lemo_edge.scoring import Nearest, Scorer, anomaly_map, image_scores
 
@@ -126,7 +126,7 @@ class LemoModel(nn.Module):
         self.adapter.requires_grad_(config.adapter)
         self.memory: CoresetMemory | LearnedMemory
         if config.method == "coreset":
-            index = InvertedIndex(config.ivf_lists, config.ivf_probe, seed=config.seed) if config.ivf_lists else None
+            index = create_memory_index(config.knn, seed=config.seed) if config.knn != "exact" else None
             self.memory = CoresetMemory(
                 config.memory_size,
                 dim,

@@ -10,10 +10,10 @@ from typing import Any
 from lemo_edge.config import ModelConfig
 from lemo_edge.errors import InputError
 
-TARGET_FRAME_MS = 10.0
+TARGET_FRAME_MS = 20.0
 """Target p50 of one full frame (with the online update) at the primary size, in ms."""
 
-TARGET_LEMO_VS_PATCHCORE = 5.0
+TARGET_LEMO_VS_PATCHCORE = 3.0
 """Target ratio of a PatchCore frame's p50 to a LeMO frame's p50."""
 
 
@@ -76,7 +76,7 @@ class BenchConfig:
     batch_frames: int = 20
     ratio_warmup: int = 5
     ratio_iters: int = 60
-    scale_k: tuple[int, ...] = (10, 64, 256, 1024, 4096, 8192)
+    scale_k: tuple[int, ...] = (10, 64, 256, 1024, 4096, 8192, 16384, 32768)
     scale_d: tuple[int, ...] = (64, 152, 512, 1024)
     scale_sizes: tuple[int, ...] = (224, 256, 320)
     scale_score_k: tuple[int, ...] = (3, 1)
@@ -150,7 +150,7 @@ class BenchConfig:
             "scale_warmup": 1,
             "scale_iters": 10,
             "scale_budget_s": 1.5,
-            "frame_k": (64, 256, 1024, 4096, 8192),
+            "frame_k": (1024, 4096, 8192, 16384, 32768),
             "patchcore_selection": "random",
             "peak_reps": 3,
             "quick": True,

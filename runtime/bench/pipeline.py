@@ -93,7 +93,7 @@ class FramePipeline:
         config: model config (its ``size`` is S).
         scorer: nearest-memory scorer (``runtime.scorers``) the memory searches with
             (:meth:`~lemo_edge.model.LemoModel.use_scorer`); ``None``: the memory's own search (the
-            reference, or the inverted index of a config with ``ivf_lists``).
+            reference, or the library index of a config with ``knn``).
         frames: the JPEG frames decoded by the preprocess stage.
         device: where the model lives (the backend's features are moved there).
         batch: frames per call.
@@ -235,11 +235,11 @@ class MatrixScorer:
     """A scorer column of the matrix: what the pipeline's memory searches with.
 
     Attributes:
-        name: ``torch``, ``ivf`` or ``cuda``.
+        name: ``torch``, ``knn`` or ``cuda``.
         scorer: handed to :class:`FramePipeline` (``None``: the memory's own search).
         k: nearest items averaged per patch score.
         description: for the results' ``scorers``.
-        config_changes: model config changes of its pipelines (``ivf``: the inverted index's lists and probes).
+        config_changes: model config changes of its pipelines (``knn``: the library index).
     """
 
     name: str
@@ -249,19 +249,13 @@ class MatrixScorer:
     config_changes: dict[str, Any] = field(default_factory=dict)
 
 
-def index_search(k: int, lists: int = 64, probe: int = 8) -> MatrixScorer:
-    """The ``ivf`` column: the model's own search through an inverted index (lemo_edge.ivf).
+def index_search(k: int, backend: str = "faiss-ivf") -> MatrixScorer:
+    """The ``knn`` column: the model's own search through a library index (lemo_edge.knn, ``backend``).
 
-    Its pipelines are built with ``ivf_lists``/``ivf_probe`` and no scorer, so ``memory.search`` answers
-    through the index, which it keeps in step with the memory's insertions and merges.
+    Its pipelines are built with ``knn=backend`` and no scorer, so ``memory.search`` answers through the
+    index, which follows the memory's insertions and merges.
     """
-    return MatrixScorer(
-        "ivf",
-        None,
-        k,
-        f"inverted index ({lists} lists, {probe} probed), k={k}",
-        {"ivf_lists": lists, "ivf_probe": probe, "admission": "coverage"},
-    )
+    return MatrixScorer("knn", None, k, f"{backend} index (lemo_edge.knn), k={k}", {"knn": backend})
 
 
 def build_patchcore_bank(config: BenchConfig, pipe: FramePipeline) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -334,7 +328,8 @@ def build_patchcore_bank(config: BenchConfig, pipe: FramePipeline) -> tuple[torc
         "fraction": config.patchcore_fraction,
         "bank_size": int(bank.shape[0]),
         "selection": selection,
-        "scoring": "nearest neighbour (k=1), lemo_edge.scoring.nearest_memory, raw backbone patch features",
+        "scoring": "as PatchCore: nearest neighbour (k=1) on raw backbone patch features, image score re-weighted "
+        "over 9 bank neighbours (lemo_edge.baselines.patchcore_patch_scores)",
         "build_s": time.perf_counter() - t0,
     }
     if reservoir:
@@ -352,8 +347,10 @@ def lemo_vs_patchcore(
 ) -> tuple[int, dict[str, dict[str, Any]]]:
     """Interleave LeMO's frame (the frozen step: no online update) and PatchCore's frame, same backend and input.
 
-    PatchCore's frame mirrors the step: ``score`` (nearest neighbour over the bank), ``map`` (anomaly map,
-    image score read back), both timed by a :class:`lemo_edge.timing.StageTimer` as the step times its own.
+    PatchCore's frame scores as PatchCore does (:mod:`lemo_edge.baselines`): ``score`` (nearest neighbour over
+    the bank, the image score re-weighted over the 9 nearest bank items of the maximum's nearest item),
+    ``map`` (nearest upsampling, Gaussian, image score read back), both timed by a
+    :class:`lemo_edge.timing.StageTimer` as the step times its own.
 
     Args:
         pipe: the LeMO pipeline; its preprocess and backbone stages feed PatchCore too.
@@ -365,7 +362,7 @@ def lemo_vs_patchcore(
         ``(lemo_memory_items, {"frame": ratio, "score": ratio})`` (see :func:`~.timing.ratio`): PatchCore's
         p50 over LeMO's, for the whole frame and for scoring only (LeMO's score part: adapter + memory).
     """
-    from lemo_edge.scoring import anomaly_map, image_scores, nearest_memory
+    from lemo_edge.baselines import patchcore_maps, patchcore_patch_scores
     from lemo_edge.timing import StageTimer
 
     model = pipe.model
@@ -375,11 +372,10 @@ def lemo_vs_patchcore(
     def pc_step(features: torch.Tensor) -> Timed:
         timer = StageTimer(pipe.device)
         with torch.no_grad():
-            z = features[0].flatten(1).T
-            patch = nearest_memory(z, bank, 1).score.view(1, *model.grid)
+            patch, score = patchcore_patch_scores(bank, features)
             timer.mark("score")
-            maps = anomaly_map(patch, (size, size), sigma)
-            values = image_scores(maps).tolist()  # the frame's host synchronisation, as in the step
+            patchcore_maps(patch, (size, size), sigma)
+            values = score.tolist()  # the frame's host synchronisation, as in the step
             timer.mark("map")
         return Timed(values, timer.elapsed_ms())
 

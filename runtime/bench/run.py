@@ -65,7 +65,8 @@ RATIOS_DOC: dict[str, str] = {
     "lemo_vs_patchcore_frame": (
         "p50 of a PatchCore frame / p50 of a LeMO frame, interleaved, same backend and input: both run "
         "preprocess + backbone + scoring + anomaly map (sigma of the config) + image score; PatchCore scores "
-        "by the nearest neighbour (torch reference, k=1) over its bank of raw patch features, LeMO by its "
+        "as PatchCore does (nearest neighbour, k=1, over its bank of raw patch features, the image score re-weighted "
+        "over 9 bank neighbours, nearest-upsampled map), LeMO by its "
         "adapter + memory of K items (default config, top-k scorer, the frozen Inspector step: no online "
         "update); > 1 means LeMO is that many times faster"
     ),
@@ -141,15 +142,21 @@ class _Backends:
 
 
 def _scorers(config: BenchConfig, device: torch.device) -> tuple[dict[str, MatrixScorer], dict[str, str]]:
-    """The scorers of the matrix: ``torch`` (k = score_k), ``ivf`` (64 lists, 8 probed; when the
-    config searches exactly) and ``cuda`` (the CUDA kernel, k = score_k) where it loads."""
+    """The scorers of the matrix: ``torch`` (k = score_k), ``knn`` (the faiss-ivf index, when the config
+    searches exactly and faiss is installed) and ``cuda`` (the CUDA kernel, k = score_k) where it loads."""
     from lemo_edge.runtime.scorers import CudaMemoryScorer, TorchMemoryScorer
 
     k = config.model.score_k
     scorers = {"torch": MatrixScorer("torch", TorchMemoryScorer(k), k, f"torch reference, k={k}")}
-    if config.model.method == "coreset" and not config.model.ivf_lists:
-        scorers["ivf"] = index_search(k)
-    status = {name: s.description for name, s in scorers.items()}
+    status: dict[str, str] = {}
+    if config.model.method == "coreset" and config.model.knn == "exact" and device.type == "cpu":
+        from lemo_edge.knn import available_backends
+
+        if "faiss-ivf" in available_backends():
+            scorers["knn"] = index_search(k)
+        else:
+            status["knn"] = "unavailable: faiss-cpu not installed (pip install 'lemo-edge[knn]')"
+    status.update({name: s.description for name, s in scorers.items()})
     if device.type == "cuda":
         try:
             scorers["cuda"] = MatrixScorer("cuda", CudaMemoryScorer(device, k), k, f"CUDA kernel, k={k}")
@@ -536,7 +543,8 @@ def _scale(
         for top in config.scale_score_k:
             top = min(top, k)
             run.progress(f"scale: full frame with update, K={k}, top-{top}")
-            pipe = run.pipeline(fastest, size, _torch_scorer(top), memory_size=k, score_k=top)
+            # the memory's own search (what the config's ``knn`` says), as a user's run would search
+            pipe = run.pipeline(fastest, size, None, memory_size=k, score_k=top)
             times = measure_stages(pipe.stages(True), **timing)
             frame = summarize(times[FRAME])
             frame_rows.append(

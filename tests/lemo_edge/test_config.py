@@ -33,7 +33,7 @@ OUT_OF_RANGE: list[tuple[str, object, str]] = [
     ("confirm_images", 0, "an integer >= 1"),
     ("pending_ttl", 0, "an integer >= 1"),
     ("admit_z", math.inf, "null or a finite number"),
-    ("ivf_lists", -1, "an integer >= 0"),
+    ("knn", "ivf", "one of ['exact', 'faiss-ivf', 'usearch']"),
     ("steps_per_image", 0, "an integer >= 1"),
     ("lr_memory", -1e-3, "a finite number >= 0"),
     ("lr_adapter", -1e-3, "a finite number >= 0"),
@@ -70,8 +70,7 @@ WRONG_TYPE: list[tuple[str, object]] = [
     ("admission", 1),
     ("pending_size", 1.0),
     ("confirm_images", None),
-    ("ivf_lists", 0.0),
-    ("ivf_probe", 8.0),
+    ("knn", None),
     ("adapter", "yes"),
     ("steps_per_image", 1.0),
     ("lr_memory", None),
@@ -105,7 +104,6 @@ def test_every_field_has_a_rule_and_a_bad_value_here():
         "position_norm",
         "adapter",
         "gate",
-        "ivf_probe",
         "pending_searched",
     } == fields
     assert {name for name, _ in WRONG_TYPE} == fields
@@ -138,17 +136,14 @@ def test_position_window_zero_no_longer_reaches_the_update():
         ModelConfig(position_window=0)
 
 
-@pytest.mark.parametrize(
-    ("lists", "probe"),
-    [(4, 0), (4, 5), (0, 0)],
-)
-def test_ivf_probe_is_checked_against_ivf_lists(lists, probe):
-    message = (
-        f"ivf: expected ivf_lists >= 0 and 1 <= ivf_probe <= ivf_lists, got ivf_lists={lists} and ivf_probe={probe}"
-    )
-    with pytest.raises(InputError, match=f"^{re.escape(message)}$"):
-        ModelConfig(ivf_lists=lists, ivf_probe=probe, admission="coverage")
-    assert ModelConfig(ivf_lists=4, ivf_probe=4, admission="coverage").ivf_probe == 4
+def test_a_library_index_needs_an_unsearched_pool_and_old_ivf_configs_still_load():
+    with pytest.raises(InputError, match="^knn: expected 'exact' with pending_searched"):
+        ModelConfig(knn="faiss-ivf", pending_searched=True)
+    assert ModelConfig(knn="faiss-ivf", pending_searched=True, admission="coverage").knn == "faiss-ivf"
+    saved = {**ModelConfig().to_dict(), "ivf_lists": 64, "ivf_probe": 8}
+    del saved["knn"]
+    assert ModelConfig.from_dict(saved).knn == "faiss-ivf"
+    assert ModelConfig.from_dict({**saved, "ivf_lists": 0}).knn == "exact"
 
 
 def test_extra_must_be_a_dict_with_string_keys():
@@ -193,5 +188,3 @@ def test_the_pending_pool_must_fit_in_the_memory():
         ModelConfig(memory_size=64, pending_size=64, admission="recurrence")
     assert ModelConfig(memory_size=64, pending_size=64, admission="coverage").pending_rows == 0
     assert ModelConfig(memory_size=64, admission="recurrence").pending_rows == 8
-    with pytest.raises(InputError, match="ivf_lists: expected 0 with admission 'recurrence'"):
-        ModelConfig(ivf_lists=8, admission="recurrence")

@@ -13,7 +13,7 @@ import torch
 from lemo_edge.backbone import FeatureLevel, FeatureSpec
 from lemo_edge.config import ModelConfig
 from lemo_edge.inspector import Inspector
-from lemo_edge.ivf import InvertedIndex
+from lemo_edge.knn import MemoryIndex
 from lemo_edge.memory import CoresetMemory, LearnedMemory
 from lemo_edge.model import LemoModel
 from lemo_edge.scoring import anomaly_map, nearest_memory
@@ -51,8 +51,8 @@ def test_reference_scoring_and_maps_match():
 @pytest.mark.parametrize("index", [False, True])
 def test_coreset_memory_chooses_and_merges_the_same_items(index):
     def run(device: torch.device) -> CoresetMemory:
-        ivf = InvertedIndex(lists=4, probe=4, seed=0) if index else None
-        memory = CoresetMemory(capacity=256, dim=16, insert_per_image=24, slack=0.05, index=ivf).to(device)
+        library = MemoryIndex("exact") if index else None  # followed on the CPU, bypassed on the GPU
+        memory = CoresetMemory(capacity=256, dim=16, insert_per_image=24, slack=0.05, index=library).to(device)
         generator = torch.Generator().manual_seed(1)
         for _ in range(40):
             z = torch.randn(64, 16, generator=generator).to(device)

@@ -9,7 +9,7 @@ import torch
 
 from lemo_edge.config import ModelConfig
 from lemo_edge.errors import InputError
-from lemo_edge.ivf import InvertedIndex
+from lemo_edge.knn import MemoryIndex, available_backends
 from lemo_edge.memory import CoresetMemory, LearnedMemory, nearest_other, orthogonal_noise, two_means
 from lemo_edge.scoring import nearest_memory
 
@@ -150,17 +150,18 @@ def test_merge_with_kept_nearest_others_equals_full_recomputation():
 
 def test_replace_items_drops_what_was_derived_from_the_old_items():
     torch.manual_seed(4)
-    memory = CoresetMemory(capacity=120, dim=6, insert_per_image=24, index=InvertedIndex(lists=2, probe=2))
+    memory = CoresetMemory(capacity=120, dim=6, insert_per_image=24, index=MemoryIndex("exact"))
     for _ in range(30):  # full, merged, with a nearest-other cache and a built index
         z = torch.randn(64, 6)
         memory.insert(z, memory.search(z, 1).score if int(memory.count) else torch.full((64,), math.inf))
-    assert memory._nn is not None and memory.index is not None and memory.index.centroids is not None
+    assert memory._nn is not None and memory.index is not None and len(memory.index) == memory.size
     kept = memory.items[::2].clone()
     memory.replace_items(kept)
     assert torch.equal(memory.items, kept) and int(memory.count) == kept.shape[0]
-    assert memory._nn is None and memory.index.centroids is None
+    assert memory._nn is None and memory._index_stale
     z = torch.randn(40, 6)
     assert torch.equal(memory.search(z, 1).index, nearest_memory(z, kept, 1).index)
+    assert torch.equal(memory.index.items, kept)  # rebuilt from the new items when next searched
     with pytest.raises(InputError, match="items: expected"):
         memory.replace_items(torch.randn(121, 6))
     with pytest.raises(InputError, match="items: expected"):
@@ -193,3 +194,28 @@ def test_model_passes_the_merge_slack_to_its_memory():
     model = LemoModel(ModelConfig(size=64, merge_slack=0.25), resolve_spec("tf_efficientnet_lite0"))
     assert isinstance(model.memory, CoresetMemory)
     assert model.memory.slack == 0.25
+
+
+@pytest.mark.parametrize("backend", ["exact", "faiss-ivf", "usearch"])
+def test_an_index_follows_the_confirmed_items_through_appends_and_merges(backend):
+    if backend not in available_backends():
+        pytest.skip(f"{backend}: library not installed")
+    generator = torch.Generator().manual_seed(5)
+    index = MemoryIndex(backend, min_items=64)
+    memory = CoresetMemory(capacity=400, dim=8, insert_per_image=48, slack=0.05, index=index)
+    merges = 0
+    for _ in range(40):
+        z = torch.randn(96, 8, generator=generator)
+        before = memory.size
+        nearest = memory.search(z, 1) if memory.size else None
+        memory.insert(z, nearest.score if nearest else torch.full((96,), math.inf))
+        merges += int(memory.size < before)
+        assert torch.equal(index.items, memory.confirmed)  # same rows, same order
+    assert merges >= 3
+    queries = torch.randn(200, 8, generator=generator)
+    got, want = memory.search(queries, 3), nearest_memory(queries, memory.items, 3)
+    if backend == "exact":
+        assert torch.equal(got.index, want.index) and torch.allclose(got.score, want.score)
+    else:  # approximate: never nearer than the truth, and nearly always the same
+        assert bool((got.score >= want.score - 1e-5).all())
+        assert index.recall_at_k(queries, memory.items, 3) > 0.8
