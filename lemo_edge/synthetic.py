@@ -12,7 +12,10 @@ blobs (dark or bright irregular spots) and cracks (jagged branching polylines), 
 the image, with an intensity change of two to three times the texture's own standard deviation.
 
 URI: ``synthetic://?seed=0&size=256&defect_rate=0.1`` (stream) and, for ``lemo-edge eval``,
-``n_train``, ``n_test_good``, ``n_test_defect`` (dataset splits).
+``n_train``, ``n_test_good``, ``n_test_defect`` (dataset splits). Frames of another shape, e.g. a camera's
+``width=1920&height=1080``, show a larger piece of the same surface at the same pixel scale as a
+``size x size`` frame (``size`` then only sets the texture's scale). ``defect_min=10&defect_max=20`` draws
+defects whose longest side is that many pixels (default 0: defects cover 1-8% of the frame).
 """
 
 from __future__ import annotations
@@ -35,6 +38,10 @@ DEFAULTS: dict[str, float] = {
     "n_train": 200,
     "n_test_good": 50,
     "n_test_defect": 50,
+    "width": 0,
+    "height": 0,
+    "defect_min": 0,
+    "defect_max": 0,
 }
 FAMILIES = ("brushed", "fabric", "cast")
 DEFECT_KINDS = ("scratch", "blob", "crack")
@@ -85,7 +92,29 @@ def parse_synthetic_uri(uri: str, *, seed: int | None = None) -> dict[str, float
     for key in ("seed", "n_train", "n_test_good", "n_test_defect"):
         if params[key] < 0:
             raise InputError(f"synthetic source: {key} expected >= 0, got {params[key]}")
+    for key in ("width", "height"):
+        if params[key] != 0 and params[key] < MIN_SIZE:
+            raise InputError(f"synthetic source: {key} expected 0 (= size) or >= {MIN_SIZE}, got {params[key]}")
+    shape = frame_shape(params)
+    lo, hi = int(params["defect_min"]), int(params["defect_max"])
+    if (lo or hi) and not 2 <= lo <= hi <= min(shape) // 2:
+        raise InputError(
+            f"synthetic source: defect_min and defect_max expected 2 <= min <= max <= {min(shape) // 2} "
+            f"(half the shorter side), or both 0, got {lo} and {hi}"
+        )
     return params
+
+
+def frame_shape(params: dict[str, float]) -> tuple[int, int]:
+    """``(height, width)`` of the frames of parsed URI parameters (``height``/``width`` 0: ``size``)."""
+    size = int(params["size"])
+    return int(params["height"]) or size, int(params["width"]) or size
+
+
+def defect_px(params: dict[str, float]) -> tuple[int, int] | None:
+    """``(defect_min, defect_max)`` of parsed URI parameters, or None for the default relative sizes."""
+    lo, hi = int(params["defect_min"]), int(params["defect_max"])
+    return (lo, hi) if lo else None
 
 
 def texture_family(seed: int) -> str:
@@ -103,7 +132,7 @@ class _Surface:
     tilt: np.ndarray  # (2,) illumination gradient over the image (y, x)
     vignette: float
     grain: float  # weight of the per-frame fine grain relative to the canvas structure
-    canvas: np.ndarray  # (2 * size, 2 * size) float32, zero mean, unit std, read-only
+    canvas: np.ndarray  # (height + size, width + size) float32, zero mean, unit std, read-only
 
 
 def _normalise(field: np.ndarray) -> np.ndarray:
@@ -111,7 +140,9 @@ def _normalise(field: np.ndarray) -> np.ndarray:
     return (field / (field.std() + 1e-6)).astype(np.float32)
 
 
-def _brushed(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
+def _brushed(rng: np.random.Generator, shape: tuple[int, int], size: int) -> np.ndarray:
+    nh, nw = shape
+    n = max(shape)
     angle = rng.uniform(0, 180)
     pad = n // 2
     noise = rng.normal(0, 1, (n + 2 * pad, n + 2 * pad)).astype(np.float32)
@@ -119,14 +150,14 @@ def _brushed(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
     centre = ((n + 2 * pad) / 2, (n + 2 * pad) / 2)
     rotation = cv2.getRotationMatrix2D(centre, angle, 1.0)
     streaks = cv2.warpAffine(streaks, rotation, (n + 2 * pad, n + 2 * pad), borderMode=cv2.BORDER_REFLECT)
-    streaks = _normalise(streaks[pad : pad + n, pad : pad + n])
-    mottling = _normalise(cv2.GaussianBlur(rng.normal(0, 1, (n, n)).astype(np.float32), (0, 0), size * 0.08))
+    streaks = _normalise(streaks[pad : pad + nh, pad : pad + nw])
+    mottling = _normalise(cv2.GaussianBlur(rng.normal(0, 1, (nh, nw)).astype(np.float32), (0, 0), size * 0.08))
     return _normalise(streaks + 0.3 * mottling)
 
 
-def _fabric(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
+def _fabric(rng: np.random.Generator, shape: tuple[int, int], size: int) -> np.ndarray:
     period = size * rng.uniform(0.035, 0.06)
-    yy, xx = np.mgrid[0:n, 0:n].astype(np.float32)
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float32)
     angle = np.deg2rad(rng.uniform(-8, 8))
     u = (np.cos(angle) * xx + np.sin(angle) * yy) / period
     v = (-np.sin(angle) * xx + np.cos(angle) * yy) / period
@@ -138,14 +169,14 @@ def _fabric(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
     warp = np.sin(np.pi * (u - iu)) * (1 + cols[iu % cols.size])
     weft = np.sin(np.pi * (v - iv)) * (1 + rows[iv % rows.size])
     weave = np.where(warp_on_top, warp, weft).astype(np.float32)
-    fibres = cv2.GaussianBlur(rng.normal(0, 1, (n, n)).astype(np.float32), (0, 0), 0.8)
+    fibres = cv2.GaussianBlur(rng.normal(0, 1, shape).astype(np.float32), (0, 0), 0.8)
     return _normalise(weave + 0.25 * _normalise(fibres))
 
 
-def _cast(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
-    field = np.zeros((n, n), np.float32)
+def _cast(rng: np.random.Generator, shape: tuple[int, int], size: int) -> np.ndarray:
+    field = np.zeros(shape, np.float32)
     for scale, weight in ((0.004, 0.5), (0.01, 1.0), (0.025, 0.8), (0.06, 0.5)):
-        octave = cv2.GaussianBlur(rng.normal(0, 1, (n, n)).astype(np.float32), (0, 0), size * scale + 0.3)
+        octave = cv2.GaussianBlur(rng.normal(0, 1, shape).astype(np.float32), (0, 0), size * scale + 0.3)
         field += weight * _normalise(octave)
     return _normalise(field)
 
@@ -158,13 +189,15 @@ _PALETTES = {
 
 
 @functools.lru_cache(maxsize=8)
-def _surface(seed: int, size: int) -> _Surface:
+def _surface(seed: int, size: int, shape: tuple[int, int] | None = None) -> _Surface:
+    """What ``seed`` fixes, with a canvas for frames of ``shape`` (default ``(size, size)``): ``shape + size``."""
+    h, w = shape or (size, size)
     family = texture_family(seed)
     rng = np.random.default_rng([seed, _FAMILY, 1])
     base, spread = _PALETTES[family]
     color = np.clip(np.asarray(base, np.float32) + rng.uniform(-spread, spread, 3), 90, 170).astype(np.float32)
     make = {"brushed": _brushed, "fabric": _fabric, "cast": _cast}[family]
-    canvas = make(rng, 2 * size, size)
+    canvas = make(rng, (h + size, w + size), size)
     canvas.setflags(write=False)
     return _Surface(
         family=family,
@@ -186,19 +219,24 @@ def _check_frame_args(seed: int, index: int, size: int) -> None:
         raise InputError(f"size: expected an integer >= {MIN_SIZE}, got {size!r}")
 
 
-def _frame_fields(seed: int, index: int, size: int) -> tuple[_Surface, np.ndarray, np.ndarray, np.ndarray]:
-    """Texture ``t`` and illumination ``light`` ``(size, size) float32`` and noise ``(size, size, 3) float32``."""
-    surface = _surface(seed, size)
+def _frame_fields(
+    seed: int, index: int, size: int, shape: tuple[int, int] | None = None
+) -> tuple[_Surface, np.ndarray, np.ndarray, np.ndarray]:
+    """Texture ``t`` and illumination ``light`` ``(h, w) float32`` and noise ``(h, w, 3) float32`` of a frame of
+    ``shape`` (default ``(size, size)``)."""
+    h, w = shape or (size, size)
+    surface = _surface(seed, size, None if (h, w) == (size, size) else (h, w))
     rng = np.random.default_rng([seed, _FRAME, index])
     dy, dx = (int(v) for v in rng.integers(0, size, 2))
-    structure = surface.canvas[dy : dy + size, dx : dx + size]
-    fine = _normalise(cv2.GaussianBlur(rng.normal(0, 1, (size, size)).astype(np.float32), (0, 0), 0.8))
+    structure = surface.canvas[dy : dy + h, dx : dx + w]
+    fine = _normalise(cv2.GaussianBlur(rng.normal(0, 1, (h, w)).astype(np.float32), (0, 0), 0.8))
     texture = (structure + surface.grain * fine) / np.float32(np.sqrt(1 + surface.grain**2))
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / np.float32(size) - np.float32(0.5)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    yy, xx = yy / np.float32(h) - np.float32(0.5), xx / np.float32(w) - np.float32(0.5)
     tilt = surface.tilt + rng.uniform(-0.03, 0.03, 2).astype(np.float32)
     gain = np.float32(rng.uniform(0.97, 1.03))
     light = gain * (1 + tilt[0] * yy + tilt[1] * xx - surface.vignette * (xx**2 + yy**2))
-    noise = rng.normal(0, 1.5, (size, size, 3)).astype(np.float32)
+    noise = rng.normal(0, 1.5, (h, w, 3)).astype(np.float32)
     return surface, texture, light, noise
 
 
@@ -310,39 +348,84 @@ def _defect(kind: str, rng: np.random.Generator, size: int) -> tuple[np.ndarray,
     return mask, np.maximum(profile, 0.6).astype(np.float32) * mask
 
 
+def _small_defect(
+    kind: str, rng: np.random.Generator, extent: int, shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """A defect of ``kind`` whose longest side is ``extent`` pixels, at a random place in a ``shape`` frame.
+
+    Drawn as :func:`_defect` draws it in a square of ``4 * extent`` (at least 32), cut to its bounding box,
+    scaled to ``extent`` and pasted; returns the frame's mask ``uint8`` and profile ``float32``.
+    """
+    local, profile = _defect(kind, rng, max(MIN_SIZE, 4 * extent))
+    ys, xs = np.nonzero(local)
+    box = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
+    crop, crop_profile = local[box], profile[box]
+    scale = extent / max(crop.shape)
+    bh, bw = max(1, round(crop.shape[0] * scale)), max(1, round(crop.shape[1] * scale))
+    small = cv2.resize(crop, (bw, bh), interpolation=cv2.INTER_NEAREST)
+    if not small.any():  # a thin shape scaled away: keep its middle pixel
+        small[bh // 2, bw // 2] = 1
+    small_profile = np.maximum(cv2.resize(crop_profile, (bw, bh), interpolation=cv2.INTER_LINEAR), 0.6) * small
+    h, w = shape
+    y, x = int(rng.integers(0, h - bh + 1)), int(rng.integers(0, w - bw + 1))
+    mask = np.zeros(shape, np.uint8)
+    out = np.zeros(shape, np.float32)
+    mask[y : y + bh, x : x + bw], out[y : y + bh, x : x + bw] = small, small_profile
+    return mask, out
+
+
 def synthetic_sample(
-    seed: int, index: int, size: int = 256, defect: bool = False, *, kind: str | None = None
+    seed: int,
+    index: int,
+    size: int = 256,
+    defect: bool = False,
+    *,
+    kind: str | None = None,
+    shape: tuple[int, int] | None = None,
+    defect_px: tuple[int, int] | None = None,
 ) -> Sample:
     """Frame ``index`` of stream ``seed``, normal or with one defect.
 
     Args:
         seed: stream seed (>= 0); it fixes the texture family, tone and illumination.
         index: frame index (>= 0).
-        size: side of the square image (>= 32).
+        size: side of the square image (>= 32), and the texture's scale for another ``shape``.
         defect: paint one defect into the frame; the image then differs from the normal frame of
             the same ``(seed, index)`` only inside the mask.
         kind: the defect kind, one of :data:`DEFECT_KINDS`; default: drawn from the frame's seed.
+        shape: ``(height, width)`` of the frame (each >= 32); default ``(size, size)``.
+        defect_px: ``(lo, hi)``: the defect's longest side in pixels, drawn in ``[lo, hi]``; default: the
+            defect covers 1-8% of the frame.
 
     Returns:
-        A Sample: ``(size, size, 3) uint8`` RGB, ``(size, size) uint8`` mask in {0, 1} (zeros when
-        normal), label ``int(defect)`` and name ``"synthetic-{seed}-{index}"``.
+        A Sample: ``(h, w, 3) uint8`` RGB, ``(h, w) uint8`` mask in {0, 1} (zeros when normal), label
+        ``int(defect)`` and name ``"synthetic-{seed}-{index}"``.
 
     Raises:
-        InputError: a negative seed or index, a size below 32, or an unknown ``kind``.
+        InputError: a negative seed or index, a side below 32, an unknown ``kind`` or a bad ``defect_px``.
     """
     _check_frame_args(seed, index, size)
     if kind is not None and kind not in DEFECT_KINDS:
         raise InputError(f"kind: expected one of {list(DEFECT_KINDS)}, got {kind!r}")
     seed, index, size = int(seed), int(index), int(size)
-    surface, texture, light, noise = _frame_fields(seed, index, size)
+    h, w = (int(shape[0]), int(shape[1])) if shape is not None else (size, size)
+    if min(h, w) < MIN_SIZE:
+        raise InputError(f"shape: expected sides >= {MIN_SIZE}, got {shape!r}")
+    if defect_px is not None and not 2 <= defect_px[0] <= defect_px[1] <= min(h, w) // 2:
+        raise InputError(f"defect_px: expected 2 <= lo <= hi <= {min(h, w) // 2}, got {defect_px!r}")
+    surface, texture, light, noise = _frame_fields(seed, index, size, (h, w))
     c = np.float32(surface.contrast)
     relief = 1 + c * texture
-    mask = np.zeros((size, size), np.uint8)
+    mask = np.zeros((h, w), np.uint8)
     if defect:
         rng = np.random.default_rng([seed, _DEFECT, index])
         drawn = str(rng.choice(DEFECT_KINDS))  # always drawn, so that kind=drawn reproduces the default
         chosen = drawn if kind is None else kind
-        mask, profile = _defect(chosen, rng, size)
+        if defect_px is None and (h, w) == (size, size):
+            mask, profile = _defect(chosen, rng, size)
+        else:
+            lo, hi = defect_px or (max(2, min(h, w) // 8), max(2, min(h, w) // 3))
+            mask, profile = _small_defect(chosen, rng, int(rng.integers(lo, hi + 1)), (h, w))
         if chosen == "blob":
             sign = -1.0 if rng.random() < 0.5 else 1.0
             relief = relief - c * texture * np.float32(0.5) * profile  # a stain hides part of the texture
@@ -366,15 +449,25 @@ class SyntheticStream:
 
     Args:
         seed: stream seed (>= 0).
-        size: side of the square frames (>= 32).
+        size: side of the square frames (>= 32); the texture's scale for another ``shape``.
         defect_rate: probability that a frame carries a defect, in [0, 1].
         length: number of frames, or None for an endless stream.
+        shape: ``(height, width)`` of the frames; default ``(size, size)``.
+        defect_px: the defects' longest side in pixels, ``(lo, hi)``; default: 1-8% of the frame.
 
     Raises:
         InputError: an argument out of range.
     """
 
-    def __init__(self, seed: int = 0, size: int = 256, defect_rate: float = 0.1, length: int | None = None) -> None:
+    def __init__(
+        self,
+        seed: int = 0,
+        size: int = 256,
+        defect_rate: float = 0.1,
+        length: int | None = None,
+        shape: tuple[int, int] | None = None,
+        defect_px: tuple[int, int] | None = None,
+    ) -> None:
         _check_frame_args(seed, 0, size)
         if not 0.0 <= float(defect_rate) <= 1.0:
             raise InputError(f"defect_rate: expected a probability in [0, 1], got {defect_rate!r}")
@@ -382,6 +475,9 @@ class SyntheticStream:
             raise InputError(f"length: expected None or an integer >= 0, got {length!r}")
         self.seed, self.size, self.defect_rate = int(seed), int(size), float(defect_rate)
         self.length = None if length is None else int(length)
+        self.shape, self.defect_px = shape, defect_px
+        if shape is not None or defect_px is not None:  # checks them now, not at the first defect
+            synthetic_sample(self.seed, 0, self.size, False, shape=shape, defect_px=defect_px)
 
     @property
     def family(self) -> str:
@@ -403,7 +499,9 @@ class SyntheticStream:
         if index < 0 or (self.length is not None and index >= self.length):
             bound = "" if self.length is None else f" and < {self.length}"
             raise IndexError(f"index: expected an integer >= 0{bound}, got {index}")
-        return synthetic_sample(self.seed, int(index), self.size, self.is_defect(int(index)))
+        return synthetic_sample(
+            self.seed, int(index), self.size, self.is_defect(int(index)), shape=self.shape, defect_px=self.defect_px
+        )
 
     def __iter__(self) -> Iterator[Sample]:
         index = 0
@@ -426,8 +524,10 @@ def synthetic_dataset(uri: str, *, seed: int | None = None) -> DatasetSplits:
     s, size = int(p["seed"]), int(p["size"])
     n_train, n_good, n_defect = int(p["n_train"]), int(p["n_test_good"]), int(p["n_test_defect"])
 
+    shape = frame_shape(p) if (p["width"] or p["height"]) else None
+
     def item(index: int, defect: bool) -> Item:
-        make = functools.partial(synthetic_sample, s, index, size, defect)
+        make = functools.partial(synthetic_sample, s, index, size, defect, shape=shape, defect_px=defect_px(p))
         return Item(f"synthetic-{s}-{index}", int(defect), make=make)
 
     train = [item(i, False) for i in range(n_train)]

@@ -619,7 +619,12 @@ class SyntheticSource(Source):
         self.params: dict[str, Any] = dict(synthetic.parse_synthetic_uri(uri))
         # The URI may also carry dataset-split parameters (n_train, ...) that the stream does not take.
         stream_keys = ("seed", "size", "defect_rate")
-        self._stream = synthetic.SyntheticStream(**{k: self.params[k] for k in stream_keys if k in self.params})
+        shaped = self.params["width"] or self.params["height"]
+        self._stream = synthetic.SyntheticStream(
+            **{k: self.params[k] for k in stream_keys if k in self.params},
+            shape=synthetic.frame_shape(self.params) if shaped else None,
+            defect_px=synthetic.defect_px(self.params),
+        )
         self._start()
 
     def _produce(self) -> Iterator[_Raw]:

@@ -131,6 +131,10 @@ def test_parse_uri_defaults_types_and_seed_fallback():
         "n_train": 200,
         "n_test_good": 50,
         "n_test_defect": 50,
+        "width": 0,
+        "height": 0,
+        "defect_min": 0,
+        "defect_max": 0,
     }
     assert isinstance(params["seed"], int) and isinstance(params["defect_rate"], float)
     assert parse_synthetic_uri("synthetic://")["size"] == 256
@@ -141,7 +145,7 @@ def test_parse_uri_defaults_types_and_seed_fallback():
 @pytest.mark.parametrize(
     ("uri", "message"),
     [
-        ("synthetic://?colour=red", r"unknown parameter 'colour'; valid: \['defect_rate', 'n_test_defect', "),
+        ("synthetic://?colour=red", r"unknown parameter 'colour'; valid: \['defect_max', 'defect_min', "),
         ("synthetic://?defect_rate=2", r"defect_rate expected 0..1, got 2.0"),
         ("synthetic://?defect_rate=x", r"defect_rate expected a number, got 'x'"),
         ("synthetic://?seed=1.5", r"seed expected an integer, got '1.5'"),
@@ -167,3 +171,35 @@ def test_synthetic_dataset_splits_are_disjoint_and_picklable():
     sample = item.load()
     assert sample.label == 1 and sample.mask.any() and sample.image.shape == (32, 32, 3)
     assert np.array_equal(sample.image, synthetic_sample(7, 6, 32, True).image)
+
+
+def test_camera_shaped_frames_with_small_defects():
+    from lemo_edge.synthetic import defect_px, frame_shape
+
+    params = parse_synthetic_uri("synthetic://?width=640&height=200&defect_min=10&defect_max=20&seed=1")
+    assert frame_shape(params) == (200, 640) and defect_px(params) == (10, 20)
+    stream = SyntheticStream(1, 256, 1.0, shape=(200, 640), defect_px=(10, 20))
+    for index in range(6):
+        sample = stream[index]
+        assert sample.image.shape == (200, 640, 3) and sample.mask.shape == (200, 640) and sample.label == 1
+        ys, xs = np.nonzero(sample.mask)
+        assert max(ys.max() - ys.min(), xs.max() - xs.min()) + 1 <= 20  # the longest side is at most 20 px
+        normal = synthetic_sample(1, index, 256, False, shape=(200, 640))
+        assert np.array_equal(normal.image[sample.mask == 0], sample.image[sample.mask == 0])
+        assert not np.array_equal(normal.image[sample.mask == 1], sample.image[sample.mask == 1])
+    # the square default is unchanged by the shape machinery
+    assert np.array_equal(synthetic_sample(1, 2, 64).image, synthetic_sample(1, 2, 64, shape=(64, 64)).image)
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        ("synthetic://?width=16", r"width expected 0 \(= size\) or >= 32, got 16"),
+        ("synthetic://?defect_min=10", "defect_min and defect_max expected 2 <= min <= max"),
+        ("synthetic://?defect_min=30&defect_max=20", "defect_min and defect_max expected"),
+        ("synthetic://?height=64&defect_min=10&defect_max=40", "<= 32 \\(half the shorter side\\)"),
+    ],
+)
+def test_camera_shape_errors(uri, message):
+    with pytest.raises(InputError, match=message):
+        parse_synthetic_uri(uri)
