@@ -188,3 +188,10 @@ def test_the_pending_pool_must_fit_in_the_memory():
         ModelConfig(memory_size=64, pending_size=64, admission="recurrence")
     assert ModelConfig(memory_size=64, pending_size=64, admission="coverage").pending_rows == 0
     assert ModelConfig(memory_size=64, admission="recurrence").pending_rows == 8
+
+
+def test_the_config_names_exactly_the_knn_backends():
+    from lemo_edge.config import KNN_BACKENDS
+    from lemo_edge.knn import BACKENDS
+
+    assert set(KNN_BACKENDS) == set(BACKENDS)  # kept apart only so that config does not import knn
