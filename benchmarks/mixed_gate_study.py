@@ -82,8 +82,8 @@ def main() -> int:
         stream_items, held_items = list(data.train_good), list(data.test_good) + defects
     else:
         stream_items, held_items = list(data.train_good) + defects[0::2], list(data.test_good) + defects[1::2]
-    stream = encode(stream_items, extract, config.size, "encode stream")
-    held = encode(held_items, extract, config.size, "encode held-out")
+    stream = encode(stream_items, extract, config.input_hw, "encode stream")
+    held = encode(held_items, extract, config.input_hw, "encode held-out")
     order = torch.randperm(len(stream_items), generator=torch.Generator().manual_seed(args.seed)).tolist()
 
     model = LemoModel(config, spec)

@@ -52,7 +52,7 @@ def main() -> int:
     data = open_dataset(args.dataset)
     extract, _ = make_extractor(args.backend, config)
     defects = list(data.test_defect)
-    stream = encode(list(data.train_good) + defects[0::2], extract, config.size, "encode stream")
+    stream = encode(list(data.train_good) + defects[0::2], extract, config.input_hw, "encode stream")
     order = torch.randperm(len(stream.labels), generator=torch.Generator().manual_seed(args.seed))
     patches = stream.features[order].float().flatten(2).transpose(1, 2).contiguous()  # (N, P, D)
     labels = stream.labels[order.numpy()]

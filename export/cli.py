@@ -3,20 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import re
 
 from lemo_edge.errors import InputError
-
-_SIZE = re.compile(r"^\s*(\d+)\s*(?:[xX,]\s*(\d+)\s*)?$")
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """``"256"`` -> ``(256, 256)``; ``"256x320"`` -> ``(256, 320)`` (H x W)."""
-    match = _SIZE.match(text)
-    if not match:
-        raise argparse.ArgumentTypeError(f"expected SIZE or HxW (e.g. 256 or 256x320), got {text!r}")
-    h = int(match.group(1))
-    return h, int(match.group(2) or h)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -29,7 +17,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     onnx = targets.add_parser("onnx", help="export the frozen backbone to ONNX and check parity with torch")
     onnx.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"timm backbone (default {DEFAULT_BACKBONE})")
     onnx.add_argument("--weights", default=None, help="local weights file (non-packaged backbones)")
-    onnx.add_argument("--size", type=parse_size, default=(256, 256), help="input SIZE or HxW (default 256)")
+    onnx.add_argument("--size", default="256", metavar="S|HxW", help="input SIZE or HxW, multiples of 32 (default 256)")
     onnx.add_argument("--out", required=True, help="output .onnx file")
     onnx.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18; TensorRT 10 parses 9..20)")
     onnx.add_argument("--static-batch", action="store_true", help="fix the batch at 1 (default: dynamic)")
@@ -53,13 +41,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_onnx(args: argparse.Namespace) -> int:
     """Export, check and print the report; returns 0 (errors propagate as typed exceptions)."""
     from lemo_edge.backbone import create_feature_extractor
+    from lemo_edge.config import ModelConfig
     from lemo_edge.export.onnx import export_onnx
 
+    size = ModelConfig(size=args.size).input_hw  # InputError "size: expected H and W ..." before any work
     extractor = create_feature_extractor(args.backbone, weights=args.weights)
     report = export_onnx(
         extractor,
         args.out,
-        args.size,
+        size,
         opset=args.opset,
         batch_dynamic=not args.static_batch,
         require_tensorrt=not args.allow_non_tensorrt,

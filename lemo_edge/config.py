@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import numbers
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +25,12 @@ class ModelConfig:
 
     Attributes:
         backbone: timm name of the frozen backbone.
-        size: input side in pixels (a multiple of 32); images are resized to ``size x size``.
+        size: input shape in pixels, each side a multiple of 32: an int for the square ``size x size`` or
+            ``(H, W)`` (also ``[H, W]`` in JSON or ``"HxW"`` text; a square pair is stored as the int). Images
+            are resized to it (see :attr:`input_hw`), or letterboxed into it with ``letterbox``.
+        letterbox: keep the frame's aspect ratio: scale it to fit inside ``H x W`` and pad the rest with a
+            constant; padded cells are neither scored nor learned and maps are returned at the frame's own
+            pixels (lemo_edge.letterbox).
         method: ``"coreset"``: memory items are inserted from the stream where coverage is worst
             and merged when K is reached (streaming k-center); ``"lemo"``: the paper's learned
             memory (orthogonal-noise init, contrastive loss), with the additions in docs/method.md.
@@ -75,7 +81,8 @@ class ModelConfig:
     """
 
     backbone: str = "tf_efficientnet_lite0"
-    size: int = 256
+    size: int | tuple[int, int] = 256
+    letterbox: bool = False
     method: str = "coreset"
     memory_size: int = 8192
     embed_dim: int = 0
@@ -134,6 +141,11 @@ class ModelConfig:
             raise InputError(f"extra: expected a dict with string keys, got {self.extra!r}")
 
     @property
+    def input_hw(self) -> tuple[int, int]:
+        """``(H, W)`` of the model's input in pixels (``(size, size)`` for an int ``size``)."""
+        return (self.size, self.size) if isinstance(self.size, int) else (self.size[0], self.size[1])
+
+    @property
     def pending_rows(self) -> int:
         """Rows of K the pending pool holds (``pending_size``, or K / 8 when it is 0; 0 without recurrence)."""
         if self.method != "coreset" or self.admission != "recurrence":
@@ -169,6 +181,43 @@ class ModelConfig:
         return cls().replace(**data)
 
 
+SIZE_ALIGNMENT = 32  # the backbones' output stride: every input side is a multiple of it
+_HW = re.compile(r"^\s*(\d+)\s*(?:[xX]\s*(\d+)\s*)?$")
+
+
+def parse_input_size(value: Any, what: str = "size") -> int | tuple[int, int]:
+    """An input size as :class:`ModelConfig` stores it: an int for a square, else ``(H, W)``.
+
+    Args:
+        value: ``256``, ``"256"``, ``"256x640"`` (H x W), ``[256, 640]`` or ``(256, 640)``.
+        what: the name the error message starts with.
+
+    Returns:
+        ``256`` for any square (``"256x256"`` too), ``(256, 640)`` otherwise.
+
+    Raises:
+        InputError: not one or two integers, or a side that is not a positive multiple of 32, e.g.
+            ``size: expected H and W multiples of 32, got 250x256``.
+    """
+    sides: list[Any]
+    if isinstance(value, str):
+        match = _HW.match(value)
+        if not match:
+            raise InputError(f"{what}: expected SIZE or HxW (e.g. 256 or 256x640), got {value!r}")
+        sides = [int(match.group(1)), int(match.group(2) or match.group(1))]
+    elif isinstance(value, (list, tuple)):
+        sides = list(value)
+    else:
+        sides = [value, value]
+    if len(sides) != 2 or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in sides):
+        raise InputError(f"{what}: expected an integer or [H, W] of integers, got {value!r}")
+    h, w = int(sides[0]), int(sides[1])
+    if h <= 0 or w <= 0 or h % SIZE_ALIGNMENT or w % SIZE_ALIGNMENT:
+        shown = value.strip() if isinstance(value, str) else f"{h}x{w}" if isinstance(value, (list, tuple)) else h
+        raise InputError(f"{what}: expected H and W positive multiples of {SIZE_ALIGNMENT}, got {shown}")
+    return h if h == w else (h, w)
+
+
 def parse_json_object(text: str, what: str) -> dict[str, Any]:
     """``text`` parsed as a JSON object; otherwise an InputError whose message starts with ``what``."""
     try:
@@ -189,15 +238,20 @@ class FieldRule:
         expected: the range as the error message states it, e.g. ``"an integer >= 1"``.
         ok: whether a value of the right type is in range.
         optional: ``None`` is allowed too.
+        parse: ``(value, name) -> value`` that checks and normalises the field itself (raising InputError
+            naming ``name``); ``kind`` and ``ok`` are then unused.
     """
 
     kind: type
     expected: str
     ok: Callable[[Any], bool] = lambda value: True
     optional: bool = False
+    parse: Callable[[Any, str], Any] | None = None
 
     def check(self, name: str, value: Any) -> Any:
         """Return ``value`` (an ``int``/``float`` for number fields) or raise InputError naming ``name``."""
+        if self.parse is not None:
+            return self.parse(value, name)
         if value is None and self.optional:
             return None
         if self.kind is bool:
@@ -234,7 +288,8 @@ def _float(low: float, *, above: bool = False, optional: bool = False) -> FieldR
 
 FIELD_RULES: dict[str, FieldRule] = {
     "backbone": FieldRule(str, "a non-empty timm model name", lambda v: bool(v.strip())),
-    "size": FieldRule(int, "a positive multiple of 32", lambda v: v > 0 and v % 32 == 0),
+    "size": FieldRule(object, "an integer, [H, W] or 'HxW', multiples of 32", parse=parse_input_size),
+    "letterbox": FieldRule(bool, "a bool"),
     "method": FieldRule(str, f"one of {list(METHODS)}", lambda v: v in METHODS),
     "memory_size": FieldRule(int, "1..65536", lambda v: 1 <= v <= 65536),
     "embed_dim": _int(0),

@@ -7,6 +7,7 @@ Baselines are scored on the same features by the same reference scorer.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -26,8 +27,10 @@ from lemo_edge.contamination import ContaminationCounter, defect_patches
 from lemo_edge.datasets import DatasetSplits, resize_sample
 from lemo_edge.errors import InputError
 from lemo_edge.inspector import Inspector
+from lemo_edge.letterbox import Letterbox, letterbox_image, valid_cells
 from lemo_edge.memory import CoresetMemory
 from lemo_edge.model import LemoModel
+from lemo_edge.samples import Sample
 from lemo_edge.scoring import anomaly_map, image_scores, nearest_memory
 from lemo_edge.updater import OnlineUpdater
 
@@ -36,7 +39,7 @@ log = logging.getLogger(__name__)
 PROTOCOLS = ("online", "mixed", "offline")
 BASELINES = ("patchcore", "greedy", "reservoir")
 
-# A backend: (B, 3, S, S) uint8 -> (B, D, h, w) float32.
+# A backend: (B, 3, H, W) uint8 -> (B, D, h, w) float32.
 Extract = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -47,9 +50,12 @@ class Encoded:
     Attributes:
         features: ``(N, D, h, w) float16`` cpu.
         labels: ``(N,) int64`` 0 normal, 1 defect.
-        masks: ``(N, S, S) uint8`` pixel masks (zeros for normal images).
+        masks: ``(N, H, W) uint8`` pixel masks (zeros for normal images), at the model's input.
         names: image names.
-        images: ``{index: (S, S, 3) uint8}`` kept for the report grid.
+        images: ``{index: (H, W, 3) uint8}`` kept for the report grid.
+        valid: ``(h, w) bool`` content cells of letterboxed images (``None``: not letterboxed).
+        content_hw: ``(h, w)`` pixels of content at the top-left of every letterboxed image (the rest is
+            padding); maps and masks are cropped to it for the metrics. ``None``: not letterboxed.
     """
 
     features: torch.Tensor
@@ -57,41 +63,92 @@ class Encoded:
     masks: np.ndarray
     names: list[str]
     images: dict[int, np.ndarray] = field(default_factory=dict)
+    valid: torch.Tensor | None = None
+    content_hw: tuple[int, int] | None = None
+
+    def content(self, maps: np.ndarray) -> np.ndarray:
+        """``(N, H, W)`` maps (or masks) cropped to the letterbox content (unchanged without letterbox)."""
+        if self.content_hw is None:
+            return maps
+        return maps[:, : self.content_hw[0], : self.content_hw[1]]
 
 
 def image_tensor(image: np.ndarray) -> torch.Tensor:
-    """``(S, S, 3) uint8`` -> ``(1, 3, S, S) uint8`` tensor."""
+    """``(H, W, 3) uint8`` -> ``(1, 3, H, W) uint8`` tensor."""
     return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
 
 
-def encode(items: Sequence[Any], extract: Extract, size: int, desc: str, keep: Sequence[int] = ()) -> Encoded:
-    """Load, resize and encode ``items`` (objects with ``.load() -> Sample``) one by one."""
+def _letterboxed(sample: Sample, size: tuple[int, int]) -> tuple[Sample, Letterbox]:
+    image, box = letterbox_image(sample.image, size)
+    mask = None if sample.mask is None else letterbox_image(sample.mask, size)[0]
+    return dataclasses.replace(sample, image=image, mask=mask), box
+
+
+def encode(
+    items: Sequence[Any],
+    extract: Extract,
+    size: int | tuple[int, int],
+    desc: str,
+    keep: Sequence[int] = (),
+    letterbox: bool = False,
+) -> Encoded:
+    """Load, resize (or letterbox) and encode ``items`` (objects with ``.load() -> Sample``) one by one.
+
+    Args:
+        items: the images.
+        extract: the feature backend.
+        size: ``(H, W)`` of the model's input (an int: a square).
+        desc: progress bar label.
+        keep: indices whose resized images are kept (report grid).
+        letterbox: keep the aspect ratio (lemo_edge.letterbox) instead of resizing to ``H x W``.
+
+    Raises:
+        InputError: with ``letterbox``, images of different shapes (their content would differ).
+    """
+    hw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     feats, labels, masks, names, images = [], [], [], [], {}
     keep_set = set(keep)
+    first: Letterbox | None = None
     for i, item in enumerate(tqdm(items, desc=desc, unit="img", leave=False, disable=None)):
-        sample = resize_sample(item.load(), (size, size))
+        if letterbox:
+            sample, box = _letterboxed(item.load(), hw)
+            first = first or box
+            if box.content_hw != first.content_hw:
+                raise InputError(
+                    f"letterbox: expected images of one shape, got {first.frame_hw} and {box.frame_hw} ({sample.name})"
+                )
+        else:
+            sample = resize_sample(item.load(), hw)
         with torch.no_grad():
             feats.append(extract(image_tensor(sample.image))[0].to("cpu", torch.float16))
         labels.append(sample.label)
-        masks.append(sample.mask if sample.mask is not None else np.zeros((size, size), np.uint8))
+        masks.append(sample.mask if sample.mask is not None else np.zeros(hw, np.uint8))
         names.append(sample.name)
         if i in keep_set:
             images[i] = sample.image
-    return Encoded(torch.stack(feats), np.asarray(labels, np.int64), np.stack(masks).astype(np.uint8), names, images)
+    features = torch.stack(feats)
+    valid = None if first is None else valid_cells(first, (features.shape[2], features.shape[3]))
+    content = None if first is None else first.content_hw
+    return Encoded(
+        features, np.asarray(labels, np.int64), np.stack(masks).astype(np.uint8), names, images, valid, content
+    )
 
 
-def score_model(inspector: Inspector, features: torch.Tensor, batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """Maps ``(N, S, S) float32`` and image scores ``(N,) float32`` of cached features ``(N, D, h, w)``."""
+def score_model(
+    inspector: Inspector, features: torch.Tensor, batch: int = 16, valid: torch.Tensor | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Maps ``(N, H, W) float32`` and image scores ``(N,) float32`` of cached features ``(N, D, h, w)``;
+    ``valid``: ``(h, w) bool`` content cells of letterboxed images (``None``: all)."""
     maps, scores = [], []
     for start in range(0, features.shape[0], batch):
-        m, s = inspector.score(features[start : start + batch].to(inspector.device, torch.float32))
+        m, s = inspector.score(features[start : start + batch].to(inspector.device, torch.float32), valid)
         maps.append(m.cpu().numpy())
         scores.append(s.cpu().numpy())
     return np.concatenate(maps), np.concatenate(scores)
 
 
 def score_bank(
-    bank: torch.Tensor, features: torch.Tensor, size: int, sigma: float, k: int = 1, batch: int = 16
+    bank: torch.Tensor, features: torch.Tensor, size: tuple[int, int], sigma: float, k: int = 1, batch: int = 16
 ) -> tuple[np.ndarray, np.ndarray]:
     """Maps and image scores of cached features against a plain memory bank ``(n, D)``."""
     maps, scores = [], []
@@ -100,20 +157,20 @@ def score_bank(
         b, d, h, w = f.shape
         z = f.flatten(2).transpose(1, 2).reshape(-1, d)
         patch = nearest_memory(z, bank, min(k, bank.shape[0])).score.view(b, h, w)
-        m = anomaly_map(patch, (size, size), sigma)
+        m = anomaly_map(patch, size, sigma)
         maps.append(m.numpy())
         scores.append(image_scores(m).numpy())
     return np.concatenate(maps), np.concatenate(scores)
 
 
 def score_patchcore(
-    bank: torch.Tensor, features: torch.Tensor, size: int, sigma: float, batch: int = 16
+    bank: torch.Tensor, features: torch.Tensor, size: tuple[int, int], sigma: float, batch: int = 16
 ) -> tuple[np.ndarray, np.ndarray]:
     """Maps and image scores of cached features ``(N, D, h, w)`` as PatchCore scores them
     (:func:`lemo_edge.baselines.patchcore_scores`)."""
     maps, scores = [], []
     for start in range(0, features.shape[0], batch):
-        m, s = patchcore_scores(bank, features[start : start + batch].float(), (size, size), sigma)
+        m, s = patchcore_scores(bank, features[start : start + batch].float(), size, sigma)
         maps.append(m.numpy())
         scores.append(s.numpy())
     return np.concatenate(maps), np.concatenate(scores)
@@ -143,14 +200,15 @@ def compute_metrics(
         pixel metrics are floats or None.
     """
     step = 1 if full else 4
-    masks = test.masks[:, ::step, ::step]
+    maps, all_masks = test.content(maps), test.content(test.masks)  # letterbox: the content only
+    masks = all_masks[:, ::step, ::step]
     pixels = bool(masks.any())
     out: dict[str, Any] = {
         "image_auroc": metrics.image_auroc(scores, test.labels),
         "pixel_auroc": metrics.pixel_auroc(maps[:, ::step, ::step], masks) if pixels else None,
     }
     if full:
-        out["aupro"] = metrics.aupro(maps, test.masks) if pixels else None
+        out["aupro"] = metrics.aupro(maps, all_masks) if pixels else None
         out["f1_max"] = metrics.f1_max(scores, test.labels)
         if threshold is not None and math.isfinite(threshold):
             out.update(metrics.rates_at_threshold(scores, test.labels, threshold))
@@ -170,7 +228,12 @@ def subset(test: Encoded, fraction: float, seed: int) -> Encoded:
         keep.extend(rng.choice(idx, size=min(idx.size, max(2, round(fraction * idx.size))), replace=False))
     rows = np.sort(np.asarray(keep, dtype=np.int64))
     return Encoded(
-        test.features[torch.from_numpy(rows)], test.labels[rows], test.masks[rows], [test.names[i] for i in rows]
+        test.features[torch.from_numpy(rows)],
+        test.labels[rows],
+        test.masks[rows],
+        [test.names[i] for i in rows],
+        valid=test.valid,
+        content_hw=test.content_hw,
     )
 
 
@@ -235,11 +298,12 @@ class Evaluator:
         self.cache = cache if cache is not None else {}
         self.timings: dict[str, float] = {}
 
-    def _encoded(self, split: str, items: list[Any], size: int, keep: Sequence[int] = ()) -> Encoded:
-        """Encode ``items`` once per (split, size, backbone); later runs reuse ``self.cache``."""
-        key = (self.data.name, split, size, self.config.backbone)
+    def _encoded(self, split: str, items: list[Any], size: tuple[int, int], keep: Sequence[int] = ()) -> Encoded:
+        """Encode ``items`` once per (split, size, letterbox, backbone); later runs reuse ``self.cache``."""
+        letterbox = self.config.letterbox
+        key = (self.data.name, split, size, letterbox, self.config.backbone)
         if key not in self.cache:
-            self.cache[key] = encode(items, self.extract, size, f"encode {split}", keep=keep)
+            self.cache[key] = encode(items, self.extract, size, f"encode {split}", keep=keep, letterbox=letterbox)
         return self.cache[key]
 
     def _order(self, n: int) -> list[int]:
@@ -279,7 +343,7 @@ class Evaluator:
     # -- protocols ---------------------------------------------------------------------------
 
     def _online(self, epochs: int, gated: bool) -> dict[str, Any]:
-        size = self.config.size
+        size = self.config.input_hw
         test_items = list(self.data.test_good) + list(self.data.test_defect)
         grid = self._grid_indices(test_items)
         t = time.perf_counter()
@@ -303,17 +367,17 @@ class Evaluator:
             ):
                 feats = train.features[idx : idx + 1].float()
                 t_learn = time.perf_counter()
-                inspector.step(feats, force=not gated)
+                inspector.step(feats, force=not gated, valid=train.valid)
                 learn_s += time.perf_counter() - t_learn
                 if epoch == 0 and step in checkpoints and step != len(order):
-                    maps, s = score_model(inspector, fewshot_test.features)
+                    maps, s = score_model(inspector, fewshot_test.features, valid=test.valid)
                     point = compute_metrics(maps, s, fewshot_test, full=False)
                     point["images"] = step
                     curve.append(point)
                     log.info("after %d images: %s", step, point)
         self.timings["stream_s"] = time.perf_counter() - t
         self.timings["learn_per_image_ms"] = 1000.0 * learn_s / max(1, epochs * len(order))
-        maps, s = score_model(inspector, test.features)
+        maps, s = score_model(inspector, test.features, valid=test.valid)
         headline = compute_metrics(maps, s, test, threshold=updater.threshold.value)
         log.info("after all %d images: %s", len(order), headline)
         curve.append(
@@ -344,7 +408,7 @@ class Evaluator:
             The stream (normal training images, then the streamed defects), the held-out set, and the
             stream order (indices into the stream).
         """
-        size = self.config.size
+        size = self.config.input_hw
         defects = list(self.data.test_defect)
         even, held_defects = defects[0::2], defects[1::2]
         held = list(self.data.test_good) + held_defects
@@ -370,6 +434,8 @@ class Evaluator:
                 np.concatenate([train.labels, streamed.labels[pick.numpy()]]),
                 np.concatenate([train.masks, streamed.masks[pick.numpy()]]),
                 train.names + [streamed.names[i] for i in pick.tolist()],
+                valid=train.valid,
+                content_hw=train.content_hw,
             )
         else:
             stream = train
@@ -391,11 +457,11 @@ class Evaluator:
             feats = stream_data.features[idx : idx + 1].float()
             label = int(stream_data.labels[idx])
             if oracle:
-                outcome = inspector.assess(feats)
+                outcome = inspector.assess(feats, stream_data.valid)
                 if label == 0:
                     outcome = inspector.commit(outcome, force=True, tag=idx)
             else:
-                outcome = inspector.step(feats, tag=idx)
+                outcome = inspector.step(feats, tag=idx, valid=stream_data.valid)
             counter.observe(idx, label, defect_cells[idx], outcome.learned)
             if isinstance(model.memory, CoresetMemory):
                 counter.admit(model.memory.pop_admitted())
@@ -404,10 +470,11 @@ class Evaluator:
             stream.accepted.append(outcome.learned)
             pixel_maps[position] = outcome.map.cpu().numpy()
         self.timings["stream_s"] = time.perf_counter() - t
-        maps, test_scores = score_model(inspector, test.features)
+        maps, test_scores = score_model(inspector, test.features, valid=test.valid)
         result: dict[str, Any] = compute_metrics(maps, test_scores, test, threshold=updater.threshold.value)
         labels = np.asarray(stream.labels)
-        masks = stream_data.masks[np.asarray(order)]
+        masks = stream_data.content(stream_data.masks[np.asarray(order)])
+        pixel_maps = stream_data.content(pixel_maps)
         result.update(
             method=self.config.method,
             items_used=int(model.memory.items.shape[0]),
@@ -435,7 +502,7 @@ class Evaluator:
 
     def _baselines(self, train: torch.Tensor, test: Encoded, result: dict[str, Any]) -> dict[str, Any]:
         """Run the baselines on the training features ``(N, D, h, w) float16`` in stream order."""
-        size, sigma, k = self.config.size, self.config.sigma, self.config.memory_size
+        size, sigma, k = self.config.input_hw, self.config.sigma, self.config.memory_size
         dim = train.shape[1]
         patches = train.flatten(2).transpose(1, 2)  # (N, P, D) float16, in stream order
         out: dict[str, Any] = {}
@@ -487,9 +554,10 @@ def _roc(scores: np.ndarray, labels: np.ndarray) -> dict[str, list[float]]:
 
 
 def _grid(test: Encoded, maps: np.ndarray, indices: Sequence[int]) -> dict[str, Any]:
+    images: list[np.ndarray] = list(test.content(np.stack([test.images[i] for i in indices]))) if indices else []
     return {
-        "images": [test.images[i] for i in indices],
-        "maps": [maps[i] for i in indices],
-        "masks": [test.masks[i] if test.labels[i] else None for i in indices],
+        "images": images,
+        "maps": list(test.content(maps[list(indices)])),
+        "masks": [test.content(test.masks[i : i + 1])[0] if test.labels[i] else None for i in indices],
         "titles": [f"{Path(test.names[i]).name} ({'defect' if test.labels[i] else 'good'})" for i in indices],
     }

@@ -94,20 +94,24 @@ class Inspector:
         if features.shape[0] != 1 or features.device != self.device:
             raise InputError(f"features: expected one frame on {self.device}, got {describe(features)}")
 
-    def step(self, features: torch.Tensor, force: bool = False, tag: int = -1) -> FrameOutcome:
+    def step(
+        self, features: torch.Tensor, force: bool = False, tag: int = -1, valid: torch.Tensor | None = None
+    ) -> FrameOutcome:
         """Score one frame, decide, and learn from it if the gate accepts it: :meth:`assess` then :meth:`commit`.
 
         Args:
             features: ``(1, D, h, w) float`` backbone features on the model's device (see :meth:`check`).
             force: learn regardless of the gate (offline training); a non-finite frame is never learned.
             tag: the frame's provenance (e.g. its stream position) for contamination bookkeeping.
+            valid: ``(h, w) bool`` content cells of a letterboxed frame (:func:`lemo_edge.letterbox.valid_cells`):
+                padded cells are neither scored nor learned; ``None``: every cell.
 
         Returns:
             The :class:`FrameOutcome`.
         """
-        return self.commit(self.assess(features), force=force, tag=tag)
+        return self.commit(self.assess(features, valid), force=force, tag=tag)
 
-    def assess(self, features: torch.Tensor) -> FrameOutcome:
+    def assess(self, features: torch.Tensor, valid: torch.Tensor | None = None) -> FrameOutcome:
         """Score one frame and judge it, without learning (``learned`` false, ``reason`` empty).
 
         This ends with the frame's one host synchronisation (the image score and the finiteness flag
@@ -118,7 +122,7 @@ class Inspector:
         if self.updater.optimizer is not None and features.is_inference():
             features = features.clone()  # inference tensors cannot feed the gradient steps
         with torch.no_grad():
-            scores = self.model.score(features)
+            scores = self.model.score(features, valid)
             timer.mark("score")
             maps, image = self.model.maps(scores.patch)
             finite = torch.isfinite(scores.embeddings).all() & ~torch.isnan(scores.raw).any()
@@ -170,16 +174,17 @@ class Inspector:
         )
 
     @torch.no_grad()
-    def score(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def score(self, features: torch.Tensor, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Maps and image scores of a batch, without learning.
 
         Args:
             features: ``(B, D, h, w) float`` backbone features on the model's device.
+            valid: ``(h, w)`` or ``(B, h, w) bool`` content cells (letterbox), or ``None``: every cell.
 
         Returns:
             ``(B, H, W) float32`` maps and ``(B,) float32`` image scores, on the model's device.
         """
-        return self.model.maps(self.model.score(features).patch)
+        return self.model.maps(self.model.score(features, valid).patch)
 
 
 def _module_device(module: torch.nn.Module) -> torch.device:

@@ -196,6 +196,8 @@ class CoresetMemory(nn.Module):
         index: torch.Tensor | None = None,
         tag: int = -1,
         surprise: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+        frame_patches: int = 0,
     ) -> int:
         """Learn from one image's patches; returns how many became confirmed or pending items.
 
@@ -208,6 +210,9 @@ class CoresetMemory(nn.Module):
             surprise: ``(P,) float32`` position-normalised patch scores; with recurrence, chosen patches at
                 most :attr:`admit_z` enter at once and only the others wait. ``None`` (not known yet): all
                 enter at once, unless :attr:`admit_z` is ``None`` (pure recurrence: all wait).
+            positions: ``(P,) int64`` each patch's index in its frame when ``z`` is a subset of the frame's
+                ``frame_patches`` patches (letterbox content); tags then use those. ``None``: ``z`` is the frame.
+            frame_patches: patches of the whole frame (with ``positions``).
         """
         if z.ndim != 2 or nearest.shape != z.shape[:1] or (index is not None and index.shape != nearest.shape):
             raise InputError(
@@ -219,7 +224,10 @@ class CoresetMemory(nn.Module):
         empty = self.size + self.pending == 0
         chosen = farthest_first(z, None if empty else nearest, self.insert_per_image, self.coverage_radius)
         new = z[chosen].float()
-        tags = tag * z.shape[0] + chosen if tag >= 0 else torch.full_like(chosen, -1)
+        if positions is not None:
+            tags = tag * frame_patches + positions[chosen] if tag >= 0 else torch.full_like(chosen, -1)
+        else:
+            tags = tag * z.shape[0] + chosen if tag >= 0 else torch.full_like(chosen, -1)
         if self.admission == "coverage" or (surprise is None and self.admit_z is not None):
             self._confirm_rows(new, tags)  # no surprise known yet (position statistics not ready): at once
             return int(chosen.numel())

@@ -92,6 +92,23 @@ class PositionNorm(nn.Module):
         return (patch - self.mean) / (self.var + self.eps).sqrt()
 
 
+def mask_padding(patch: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Patch scores with every padded cell set to its image's lowest content score.
+
+    The smoothed map is a weighted mean of patch scores, so padded cells then never raise it above what the
+    content holds, and the image score (its maximum) is the content's.
+
+    Args:
+        patch: ``(B, h, w) float32``.
+        valid: ``(B, h, w) bool`` content cells (at least one per image), same device.
+
+    Returns:
+        ``(B, h, w) float32``.
+    """
+    low = patch.masked_fill(~valid, math.inf).flatten(1).amin(1).view(-1, 1, 1)
+    return torch.where(valid, patch, low)
+
+
 class Scores(NamedTuple):
     """Scores of a batch.
 
@@ -99,13 +116,17 @@ class Scores(NamedTuple):
         embeddings: ``(B, h*w, D') float32`` adapter outputs (reused by the online update).
         nearest: :class:`Nearest` over the flattened ``B*h*w`` patches (raw distances).
         raw: ``(B, h, w) float32`` raw patch scores (distances).
-        patch: ``(B, h, w) float32`` patch scores after position normalisation.
+        patch: ``(B, h, w) float32`` patch scores after position normalisation; padded cells (``valid``
+            false) hold their image's lowest score of a valid cell, so they never raise a map or its maximum.
+        valid: ``(B, h, w) bool`` cells of the frame's content (the others are letterbox padding: neither
+            scored nor learned), or ``None``: every cell.
     """
 
     embeddings: torch.Tensor
     nearest: Nearest
     raw: torch.Tensor
     patch: torch.Tensor
+    valid: torch.Tensor | None = None
 
 
 class LemoModel(nn.Module):
@@ -120,7 +141,8 @@ class LemoModel(nn.Module):
         super().__init__()
         self.config = config
         self.spec = spec
-        self.grid = (config.size // spec.stride, config.size // spec.stride)
+        height, width = config.input_hw
+        self.grid = (height // spec.stride, width // spec.stride)
         dim = config.embed_dim or spec.dim
         self.adapter = CoordAdapter(spec.dim, dim)
         self.adapter.requires_grad_(config.adapter)
@@ -172,11 +194,13 @@ class LemoModel(nn.Module):
             raise InputError(f"scorer: expected one averaging score_k={self.config.score_k} nearest items, got k={k}")
         self.memory.scorer = scorer
 
-    def score(self, features: torch.Tensor) -> Scores:
+    def score(self, features: torch.Tensor, valid: torch.Tensor | None = None) -> Scores:
         """Patch scores of a batch of backbone features.
 
         Args:
             features: ``(B, D, h, w) float`` backbone features, on the model's device.
+            valid: ``(h, w)`` or ``(B, h, w) bool`` cells of the frames' content (letterbox;
+                :func:`lemo_edge.letterbox.valid_cells`), or ``None``: every cell.
 
         Returns:
             :class:`Scores`; every memory answers through its ``search`` (the reference, an index or the
@@ -194,11 +218,22 @@ class LemoModel(nn.Module):
                 nearest = self.memory.search(emb.detach().reshape(b * p, d), k)
         raw = nearest.score.view(b, *self.grid)
         patch = self.position_norm(raw) if self.position_norm is not None else raw
-        return Scores(emb, nearest, raw, patch)
+        if valid is not None:
+            valid = self._check_valid(valid, b, emb.device)
+            patch = mask_padding(patch, valid)
+        return Scores(emb, nearest, raw, patch, valid)
+
+    def _check_valid(self, valid: torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
+        if valid.dtype != torch.bool or tuple(valid.shape[-2:]) != self.grid or valid.ndim not in (2, 3):
+            raise InputError(f"valid: expected ({batch}, {self.grid[0]}, {self.grid[1]}) bool, got {describe(valid)}")
+        valid = valid.to(device).expand(batch, *self.grid)
+        if not bool(valid.flatten(1).any(1).all()):
+            raise InputError("valid: expected at least one content cell per frame, got none")
+        return valid
 
     def maps(self, patch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Anomaly maps ``(B, S, S) float32`` and image scores ``(B,) float32`` from patch scores."""
-        size = (self.config.size, self.config.size)
+        """Anomaly maps ``(B, H, W) float32`` (``config.input_hw``) and image scores ``(B,) float32``."""
+        size = self.config.input_hw
         # an empty memory scores inf: its maps are 0; NaN stays NaN (the Inspector reports such frames)
         maps = anomaly_map(patch.nan_to_num(nan=math.nan, posinf=0.0), size, self.config.sigma)
         return maps, image_scores(maps)

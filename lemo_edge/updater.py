@@ -154,30 +154,44 @@ class OnlineUpdater:
         :meth:`CoresetMemory.insert`)."""
         memory = self.model.memory
         z = scores.embeddings[0].detach()
+        nearest, index = scores.nearest.nearest_distance, scores.nearest.index
+        keep = None if scores.valid is None else scores.valid[0].flatten()  # letterbox padding is never learned
+        if keep is not None:
+            z, nearest, index = z[keep], nearest[keep], index[keep]
         if isinstance(memory, CoresetMemory):
             norm = self.model.position_norm
-            surprise = scores.patch[0] if norm is not None and norm.ready else None
-            inserted = memory.insert(z, scores.nearest.nearest_distance, scores.nearest.index, tag, surprise)
+            surprise = scores.patch[0].flatten() if norm is not None and norm.ready else None
+            if surprise is not None and keep is not None:
+                surprise = surprise[keep]
+            if keep is None:
+                inserted = memory.insert(z, nearest, index, tag, surprise)
+            else:
+                positions = keep.nonzero().flatten()
+                inserted = memory.insert(z, nearest, index, tag, surprise, positions, int(keep.numel()))
             self._stats.inserted += inserted
             if self.optimizer is not None:
-                self._gradient_steps(features)
+                self._gradient_steps(features, keep)
             return inserted
         assert isinstance(memory, LearnedMemory)
-        self._gradient_steps(features)
-        memory.mark_used(scores.nearest.index)
+        self._gradient_steps(features, keep)
+        memory.mark_used(index)
         reseeded = 0
         if self.config.reseed_after > 0:
-            reseeded = memory.reseed(z, scores.nearest.nearest_distance, self.config.reseed_after)
+            reseeded = memory.reseed(z, nearest, self.config.reseed_after)
             self._stats.reseeded += reseeded
         if self.config.refresh_every > 0 and memory.steps % self.config.refresh_every == 0:
             self._stats.refreshed += memory.refresh(z, self.config.refresh_min_patches)
         return reseeded
 
-    def _gradient_steps(self, features: torch.Tensor) -> None:
+    def _gradient_steps(self, features: torch.Tensor, keep: torch.Tensor | None = None) -> None:
+        """``cfg.steps_per_image`` optimiser steps on one image's features ``(1, D, h, w)``; ``keep``:
+        ``(h*w,) bool`` patches it learns from (``None``: all)."""
         assert self.optimizer is not None
         cfg = self.config
         for _ in range(cfg.steps_per_image):
             emb = self.model.embed(features)[0]
+            if keep is not None:
+                emb = emb[keep]
             items = self.model.memory.items
             if items.shape[0] == 0:
                 return

@@ -81,6 +81,18 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when a GPU is visible")
     p.add_argument("--config", default=None, metavar="JSON|PATH", help="ModelConfig fields, JSON text or a JSON file")
     p.add_argument("--warmup", type=_non_negative_int, default=None, metavar="N", help="frames learned unconditionally")
+    p.add_argument(
+        "--size",
+        default=None,
+        metavar="S|HxW",
+        help="input shape: S (square) or HxW, multiples of 32 (default: the state's, else 256)",
+    )
+    p.add_argument(
+        "--letterbox",
+        action="store_true",
+        default=None,
+        help="keep the frames' aspect ratio: scale them into the input shape and pad (not scored nor learned)",
+    )
     p.add_argument("--freeze", action="store_true", help="never update the model (inference only)")
     p.add_argument("--frames", type=_positive_int, default=None, metavar="N", help="stop after N frames")
     p.add_argument("--headless", action="store_true", help="never open a window (display:// sinks are skipped)")
@@ -136,6 +148,20 @@ def parse_config(text: str | None, warmup: int | None) -> tuple[ModelConfig, boo
     except TypeError as err:
         raise InputError(f"--config: {err}") from err
     return config, text is not None or warmup is not None
+
+
+def with_shape(config: ModelConfig, size: str | None, letterbox: bool | None) -> ModelConfig:
+    """``config`` with ``--size`` (``S`` or ``HxW``) and ``--letterbox`` applied when given.
+
+    Raises:
+        InputError: a bad size, e.g. ``size: expected H and W positive multiples of 32, got 250x256``.
+    """
+    changes: dict[str, Any] = {}
+    if size is not None:
+        changes["size"] = size
+    if letterbox is not None:
+        changes["letterbox"] = letterbox
+    return config.replace(**changes) if changes else config
 
 
 def usable_cores() -> int:
@@ -198,7 +224,7 @@ def resolve_backend(name: str, config: ModelConfig, device: torch.device) -> tup
     """
     if name not in BACKEND_CHOICES:
         raise InputError(f"backend: expected one of {list(BACKEND_CHOICES)}, got {name!r}")
-    size = (config.size, config.size)
+    size = config.input_hw
     try:
         from lemo_edge.runtime.backends import create_backend
     except ImportError as err:
@@ -287,7 +313,9 @@ def run(args: argparse.Namespace) -> int:
             store = stack.enter_context(StateStore(args.state))
             saved = store.saved_config()
             config = requested if explicit or saved is None else saved
-            source = stack.enter_context(open_source(args.source, size=(config.size, config.size)))
+            config = with_shape(config, getattr(args, "size", None), getattr(args, "letterbox", None))
+            # letterbox: frames keep their shape (the loop letterboxes them); otherwise the source resizes them
+            source = stack.enter_context(open_source(args.source, size=None if config.letterbox else config.input_hw))
             sinks = _open_sinks(list(args.sinks), args.headless, stack, args.mqtt_config)
             backend, backend_reason = resolve_backend(args.backend, config, device)
             model_device = torch.device(getattr(backend, "device", device))  # onnxruntime may fall back to CPU

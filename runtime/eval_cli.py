@@ -35,7 +35,19 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--backend", default="torch", help="feature backend: torch or onnxruntime")
     p.add_argument("--method", choices=("coreset", "lemo"), default=None, help="memory (default: coreset)")
     p.add_argument("--memory-size", "-K", type=int, default=None, help="K, the number of memory items")
-    p.add_argument("--size", type=int, default=None, help="input side in pixels, multiple of 32 (default 256)")
+    p.add_argument(
+        "--size",
+        default=None,
+        metavar="S|HxW",
+        help="input shape in pixels: S (square) or HxW, multiples of 32 (default 256); frames are resized to it",
+    )
+    p.add_argument(
+        "--letterbox",
+        action="store_true",
+        default=None,
+        help="keep the images' aspect ratio: scale them to fit inside the input shape and pad the rest "
+        "(padding is neither scored nor learned)",
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -66,8 +78,9 @@ def add_parser(sub: Any) -> None:
 def config_from_args(args: argparse.Namespace) -> ModelConfig:
     """Build the ModelConfig from the CLI flags and ``--set`` overrides."""
     changes: dict[str, Any] = {}
-    for key, attr in (("backbone", "backbone"), ("method", "method"), ("memory_size", "memory_size"), ("size", "size")):
-        value = getattr(args, attr)
+    flags = ("backbone", "method", "memory_size", "size", "letterbox")
+    for key, attr in zip(flags, flags, strict=True):
+        value = getattr(args, attr, None)
         if value is not None:
             changes[key] = value
     for item in args.set:
@@ -220,7 +233,7 @@ def make_extractor(backend: str, config: ModelConfig, weights: str | None = None
     from lemo_edge.runtime.backends import create_backend
 
     try:
-        created = create_backend(backend, backbone=config.backbone, size=(config.size, config.size))
+        created = create_backend(backend, backbone=config.backbone, size=config.input_hw)
     except ValueError as err:
         raise InputError(str(err)) from err
     return created, created.spec

@@ -39,6 +39,7 @@ import torch
 from lemo_edge.contamination import ContaminationCounter, defect_patches
 from lemo_edge.errors import InputError, describe
 from lemo_edge.inspector import Inspector
+from lemo_edge.letterbox import Letterbox, letterbox_geometry, letterbox_image, unletterbox_map, valid_cells
 from lemo_edge.memory import CoresetMemory
 from lemo_edge.model import LemoModel
 from lemo_edge.scoring import Scorer
@@ -168,7 +169,10 @@ class InspectionLoop:
         self.stop_flag = stop or StopFlag()
         self.backend_name = backend_name
         self.scorer_name = scorer_name
-        self.size = self.model.config.size
+        self.input_hw = self.model.config.input_hw
+        self.letterbox = self.model.config.letterbox
+        self._box: Letterbox | None = None  # the last frame's letterbox geometry and its content cells
+        self._valid: torch.Tensor | None = None
         self.device = self.inspector.device
         self.resumed_updates = store.saved_updates if store is not None else None
         self._input: torch.Tensor | None = None
@@ -308,20 +312,29 @@ class InspectionLoop:
             log.debug("skipped a frame (%s): %s", kind, detail)
 
     def _preprocess(self, frame: Frame) -> tuple[Frame, torch.Tensor]:
-        """``image (H, W, 3) uint8`` -> the frame at ``S x S`` and its ``(1, 3, S, S) uint8`` cpu tensor (reused)."""
+        """``image (h0, w0, 3) uint8`` -> the frame and its ``(1, 3, H, W) uint8`` cpu tensor (reused).
+
+        Without letterbox the frame is resized to the model's ``H x W`` (and returned so); with it the frame is
+        returned unchanged and the tensor holds it scaled into ``H x W`` and padded (:attr:`_box` records how).
+        """
         image = frame.image
         if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise InputError(f"frame: expected (H, W, 3) uint8, got {describe(image)}")
-        s = self.size
-        if image.shape[:2] != (s, s):
-            image = cv2.resize(image, (s, s), interpolation=cv2.INTER_AREA)
+        h, w = self.input_hw
+        if self.letterbox:
+            if self._box is None or self._box.frame_hw != image.shape[:2]:
+                self._box = letterbox_geometry(image.shape[:2], self.input_hw)
+                self._valid = valid_cells(self._box, self.model.grid).to(self.device)
+            image = letterbox_image(image, self.input_hw)[0]
+        elif image.shape[:2] != (h, w):
+            image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)  # cv2 takes (width, height)
             mask = frame.mask
             if mask is not None:
-                mask = cv2.resize(mask, (s, s), interpolation=cv2.INTER_NEAREST)
+                mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
             frame = dataclasses.replace(frame, image=image, mask=mask)
         if self._input is None:
             pin = self.device.type == "cuda"
-            self._input = torch.empty((1, 3, s, s), dtype=torch.uint8, pin_memory=pin)
+            self._input = torch.empty((1, 3, h, w), dtype=torch.uint8, pin_memory=pin)
         self._input[0].copy_(torch.from_numpy(image).permute(2, 0, 1))
         return frame, self._input
 
@@ -342,12 +355,14 @@ class InspectionLoop:
         if not self.options.freeze:
             self._consistent = False
         masked = frame.mask is not None and self._memory is not None
-        outcome = self.inspector.step(features, tag=self.frames if masked else -1)  # the frame's host sync
+        valid = self._valid if self.letterbox else None
+        outcome = self.inspector.step(features, tag=self.frames if masked else -1, valid=valid)  # host sync
         if not self.options.freeze:
             self._consistent = True
             self._dirty = True
         timer.mark("step")
-        anomaly_map = outcome.map.float().cpu().numpy() if self.guards else None  # already computed: no wait
+        amap = outcome.map if not self.letterbox or self._box is None else unletterbox_map(outcome.map, self._box)
+        anomaly_map = amap.float().cpu().numpy() if self.guards else None  # already computed: no wait
         latency = {"preprocess": 0.0, "backbone": 0.0, **outcome.timings_ms}
         result = FrameResult(
             outcome.score,
@@ -388,7 +403,8 @@ class InspectionLoop:
         if masked and frame.mask is not None and self._memory is not None:
             if self._contamination is None:
                 self._contamination = ContaminationCounter(self.model.grid[0] * self.model.grid[1])
-            cells = defect_patches(frame.mask[None], self.model.grid)[0]
+            mask = letterbox_image(frame.mask, self.input_hw)[0] if self.letterbox else frame.mask
+            cells = defect_patches(mask[None], self.model.grid)[0]
             self._contamination.observe(self.frames, frame.label, cells, outcome.learned)
             self._contamination.admit(self._memory.pop_admitted())
         for stage in STAGES:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lemo_edge.config import ModelConfig
+from lemo_edge.config import ModelConfig, parse_input_size
 from lemo_edge.errors import InputError
 
 TARGET_FRAME_MS = 20.0
@@ -15,6 +15,23 @@ TARGET_FRAME_MS = 20.0
 
 TARGET_LEMO_VS_PATCHCORE = 3.0
 """Target ratio of a PatchCore frame's p50 to a LeMO frame's p50."""
+
+
+def size_hw(size: int | tuple[int, int]) -> tuple[int, int]:
+    """``(H, W)`` of a bench size (a side or ``(H, W)``)."""
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def size_key(size: int | tuple[int, int]) -> int | str:
+    """How results name a size: the side of a square (as before), ``"HxW"`` otherwise."""
+    h, w = size_hw(size)
+    return h if h == w else f"{h}x{w}"
+
+
+def size_text(size: int | tuple[int, int]) -> str:
+    """``"HxW"`` of a bench size, for labels."""
+    h, w = size_hw(size)
+    return f"{h}x{w}"
 
 
 def default_patchcore_data() -> Path | None:
@@ -32,8 +49,8 @@ class BenchConfig:
 
     Attributes:
         model: the model config (its ``size`` is replaced per input size).
-        sizes: input sides of the matrix.
-        primary_size: the side of ``frame_p50_ms``, the ratios and the K scale (must be in ``sizes``).
+        sizes: input sizes of the matrix: a side (square) or ``(H, W)`` (also ``"HxW"``), multiples of 32.
+        primary_size: the size of ``frame_p50_ms``, the ratios and the K scale (must be in ``sizes``).
         batches: batch sizes of the matrix (1 for latency, 8 for throughput).
         backends: backends to try (None: every one available on the device).
         device: ``cpu`` or ``cuda``.
@@ -64,8 +81,8 @@ class BenchConfig:
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
-    sizes: tuple[int, ...] = (224, 256, 320)
-    primary_size: int = 256
+    sizes: tuple[int | tuple[int, int], ...] = (224, 256, 320)
+    primary_size: int | tuple[int, int] = 256
     batches: tuple[int, ...] = (1, 8)
     backends: tuple[str, ...] | None = None
     device: str = "cpu"
@@ -101,8 +118,10 @@ class BenchConfig:
     quick: bool = False
 
     def __post_init__(self) -> None:
-        if not self.sizes or any(s <= 0 or s % 32 for s in self.sizes):
-            raise InputError(f"sizes: expected positive multiples of 32, got {list(self.sizes)}")
+        if not self.sizes or any(not isinstance(s, (int, tuple, list, str)) for s in self.sizes):
+            raise InputError(f"sizes: expected input sizes (S or HxW), got {self.sizes!r}")
+        object.__setattr__(self, "sizes", tuple(parse_input_size(s, "sizes") for s in self.sizes))
+        object.__setattr__(self, "primary_size", parse_input_size(self.primary_size, "primary_size"))
         if self.primary_size not in self.sizes:
             raise InputError(f"primary_size: expected one of sizes {list(self.sizes)}, got {self.primary_size}")
         if not self.batches or any(b < 1 for b in self.batches) or 1 not in self.batches:

@@ -229,8 +229,10 @@ def measure_peaks(
     }
 
 
-def backbone_cost(extractor: torch.nn.Module, size: int, dim: int, stride: int) -> dict[str, Any]:
-    """FLOPs (``FlopCounterMode``) and bytes of one backbone call on a ``(1, 3, size, size) uint8`` image.
+def backbone_cost(extractor: torch.nn.Module, size: int | tuple[int, int], dim: int, stride: int) -> dict[str, Any]:
+    """FLOPs (``FlopCounterMode``) and bytes of one backbone call on a ``(1, 3, H, W) uint8`` image.
+
+    ``size``: a side (square) or ``(H, W)``; the result's ``size`` is the side or ``"HxW"``.
 
     ``bytes_min`` is weights + input + output (each touched once); ``bytes_activations`` adds every leaf
     module's output written once and read once, a closer estimate of the memory traffic.
@@ -238,7 +240,8 @@ def backbone_cost(extractor: torch.nn.Module, size: int, dim: int, stride: int) 
     from torch.utils.flop_counter import FlopCounterMode
 
     device = next(extractor.parameters()).device
-    images = torch.zeros((1, 3, size, size), dtype=torch.uint8, device=device)
+    height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    images = torch.zeros((1, 3, height, width), dtype=torch.uint8, device=device)
     activations = [0]
 
     def hook(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
@@ -253,10 +256,10 @@ def backbone_cost(extractor: torch.nn.Module, size: int, dim: int, stride: int) 
         for h in handles:
             h.remove()
     weights = sum(t.numel() * t.element_size() for t in (*extractor.parameters(), *extractor.buffers()))
-    output = dim * (size // stride) ** 2 * 4
+    output = dim * (height // stride) * (width // stride) * 4
     bytes_min = weights + images.numel() + output
     return {
-        "size": size,
+        "size": height if height == width else f"{height}x{width}",
         "flops": int(counter.get_total_flops()),
         "weights_bytes": int(weights),
         "bytes_min": int(bytes_min),

@@ -62,15 +62,17 @@ class JpegFrames:
     def __len__(self) -> int:
         return len(self.encoded)
 
-    def decode(self, index: int, size: int) -> np.ndarray:
-        """Frame ``index mod count``: decoded, RGB, resized to ``(size, size, 3) uint8`` (INTER_AREA)."""
+    def decode(self, index: int, size: int | tuple[int, int]) -> np.ndarray:
+        """Frame ``index mod count``: decoded, RGB, resized to ``(H, W, 3) uint8`` (INTER_AREA); ``size``: a
+        side (square) or ``(H, W)``."""
         import cv2
 
         bgr = cv2.imdecode(self.encoded[index % len(self.encoded)], cv2.IMREAD_COLOR)
         if bgr is None:
             raise InputError(f"frames: expected a decodable JPEG, got frame {index % len(self.encoded)} corrupt")
         rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-        return cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA)
+        h, w = (size, size) if isinstance(size, int) else size
+        return cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)  # cv2 takes (width, height)
 
 
 # -- the pipeline -----------------------------------------------------------------------------------------------------
@@ -89,7 +91,7 @@ class FramePipeline:
     time, each scored against the memory the previous one left); the parts are summed over the batch.
 
     Args:
-        backend: ``(B, 3, S, S) uint8`` -> ``(B, D, S/s, S/s) float32`` features.
+        backend: ``(B, 3, H, W) uint8`` -> ``(B, D, H/s, W/s) float32`` features.
         config: model config (its ``size`` is S).
         scorer: nearest-memory scorer (``runtime.scorers``) the memory searches with
             (:meth:`~lemo_edge.model.LemoModel.use_scorer`); ``None``: the memory's own search (the
@@ -127,22 +129,22 @@ class FramePipeline:
         self.updater = OnlineUpdater(self.model)
         self.inspector = Inspector(self.updater, scorer=scorer)
         self.frozen = Inspector(self.updater, freeze=True)  # same model, memory and scorer; never learns
-        size = config.size
-        self.images = torch.empty((batch, 3, size, size), dtype=torch.uint8, pin_memory=device.type == "cuda")
+        h, w = config.input_hw
+        self.images = torch.empty((batch, 3, h, w), dtype=torch.uint8, pin_memory=device.type == "cuda")
         self.updates = 0
         self.observed = 0
         self.last: FrameOutcome | None = None
 
     # stages
     def preprocess(self, index: int) -> torch.Tensor:
-        """Decode, convert and resize ``batch`` JPEG frames into the reused ``(B, 3, S, S) uint8`` cpu tensor."""
+        """Decode, convert and resize ``batch`` JPEG frames into the reused ``(B, 3, H, W) uint8`` cpu tensor."""
         for b in range(self.batch):
-            image = self.frames.decode(index * self.batch + b, self.config.size)
+            image = self.frames.decode(index * self.batch + b, self.config.input_hw)
             self.images[b].copy_(torch.from_numpy(image).permute(2, 0, 1))
         return self.images
 
     def backbone(self, images: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, S, S) uint8`` -> ``(B, D, h, w) float32`` on the model's device."""
+        """``(B, 3, H, W) uint8`` -> ``(B, D, h, w) float32`` on the model's device."""
         features = self.backend(images)
         if features.device != self.device:
             features = features.to(self.device)
@@ -183,7 +185,7 @@ class FramePipeline:
         """``(n * h * w, D') float32`` embeddings of every frame of ``frames`` (for priming a memory)."""
         out = []
         for i in range(len(frames)):
-            image = torch.from_numpy(frames.decode(i, self.config.size)).permute(2, 0, 1)[None].contiguous()
+            image = torch.from_numpy(frames.decode(i, self.config.input_hw)).permute(2, 0, 1)[None].contiguous()
             features = self.backbone(image)
             with torch.no_grad():
                 out.append(self.model.embed(features)[0].detach().clone())
@@ -275,7 +277,7 @@ def build_patchcore_bank(config: BenchConfig, pipe: FramePipeline) -> tuple[torc
     """
     from lemo_edge.baselines import patchcore_bank
 
-    size = pipe.config.size
+    size = pipe.config.input_hw
     t0 = time.perf_counter()
     data = config.patchcore_data
     if data is not None:
@@ -284,14 +286,15 @@ def build_patchcore_bank(config: BenchConfig, pipe: FramePipeline) -> tuple[torc
         splits = open_dataset(data)
         items = splits.train_good[: config.patchcore_images] if config.patchcore_images else splits.train_good
         source = f"{splits.name} train_good ({data})"
-        loader: Any = ((resize_sample(item.load(), (size, size)).image) for item in items)
+        loader: Any = ((resize_sample(item.load(), size).image) for item in items)
         count = len(items)
     else:
         from lemo_edge.synthetic import synthetic_sample
 
         count = config.patchcore_synthetic_images
         source = f"synthetic frames (seed {config.seed + 1}): no --patchcore-data and no ../shared/data/magnetic_tile"
-        loader = (synthetic_sample(config.seed + 1, i, size).image for i in range(count))
+        side = min(size)
+        loader = (synthetic_sample(config.seed + 1, i, side, shape=size).image for i in range(count))
     gen = torch.Generator().manual_seed(config.seed)
     per_image = max(1, math.ceil(config.patchcore_subsample / max(1, count)))
     sampled, patches_total = [], 0
@@ -366,7 +369,7 @@ def lemo_vs_patchcore(
     from lemo_edge.timing import StageTimer
 
     model = pipe.model
-    size = pipe.config.size
+    size = pipe.config.input_hw
     sigma = pipe.config.sigma
 
     def pc_step(features: torch.Tensor) -> Timed:
@@ -374,7 +377,7 @@ def lemo_vs_patchcore(
         with torch.no_grad():
             patch, score = patchcore_patch_scores(bank, features)
             timer.mark("score")
-            patchcore_maps(patch, (size, size), sigma)
+            patchcore_maps(patch, size, sigma)
             values = score.tolist()  # the frame's host synchronisation, as in the step
             timer.mark("map")
         return Timed(values, timer.elapsed_ms())

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from lemo_edge.runtime.bench.config import TARGET_FRAME_MS, TARGET_LEMO_VS_PATCHCORE
+from lemo_edge.runtime.bench.config import TARGET_FRAME_MS, TARGET_LEMO_VS_PATCHCORE, size_text
 from lemo_edge.runtime.bench.timing import STAGES
 from lemo_edge.utils import json_safe
 
@@ -76,8 +76,8 @@ def markdown_report(result: Mapping[str, Any]) -> str:
         "",
         "## Targets",
         "",
-        f"- One full frame with the online update at {result['config']['primary_size']}x"
-        f"{result['config']['primary_size']}, fastest backend ({t['frame_p50_ms']['backend']}), "
+        f"- One full frame with the online update at {size_text(result['config']['primary_size'])}, "
+        f"fastest backend ({t['frame_p50_ms']['backend']}), "
         f"{t['frame_p50_ms']['config']}: **{t['frame_p50_ms']['measured_ms']:.1f} ms p50** "
         f"(target <= {TARGET_FRAME_MS:g} ms: {'met' if t['frame_p50_ms']['met'] else 'not met'}, "
         f"{t['frame_p50_ms']['times_over']:.1f}x the target).",

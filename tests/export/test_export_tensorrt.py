@@ -234,3 +234,82 @@ def test_build_and_run_engine_matches_torch(tmp_path: Path, precision: str) -> N
     assert got.shape == expected.shape and float((got - expected).abs().max()) <= tolerance
     with pytest.raises(InputError, match="outside the engine profile 1..4"):
         backend(torch.zeros(5, 3, 256, 256, dtype=torch.uint8, device="cuda"))
+
+
+class FakeTensorRT:
+    """The TensorRT 10 builder calls :func:`build_engine` makes, recording the optimisation profiles it sets.
+
+    Not TensorRT: it checks what build_engine asks TensorRT for (the profile's input shapes), which is real code.
+    """
+
+    __version__ = "10.3.0"
+
+    class ILogger:
+        class Severity:
+            INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE = range(5)
+
+        def __init__(self) -> None:
+            pass
+
+    MemoryPoolType = SimpleNamespace(WORKSPACE="workspace")
+    BuilderFlag = SimpleNamespace(FP16="fp16", INT8="int8")
+
+    def __init__(self) -> None:
+        self.shapes: list[tuple[str, tuple[int, ...], tuple[int, ...], tuple[int, ...]]] = []
+        self.flags: list[str] = []
+        fake = self
+
+        class Profile:
+            def set_shape(self, name: str, lo: tuple[int, ...], opt: tuple[int, ...], hi: tuple[int, ...]) -> None:
+                fake.shapes.append((name, tuple(lo), tuple(opt), tuple(hi)))
+
+        class Config:
+            def set_memory_pool_limit(self, _pool: str, _size: int) -> None:
+                pass
+
+            def add_optimization_profile(self, _profile: Profile) -> int:
+                return 0
+
+            def create_timing_cache(self, _data: bytes) -> SimpleNamespace:
+                return SimpleNamespace(serialize=lambda: b"timing")
+
+            def set_timing_cache(self, _cache: object, ignore_mismatch: bool) -> bool:
+                return True
+
+            def get_timing_cache(self) -> SimpleNamespace:
+                return SimpleNamespace(serialize=lambda: b"timing")
+
+            def set_flag(self, flag: str) -> None:
+                fake.flags.append(flag)
+
+        tensor = SimpleNamespace
+        network = SimpleNamespace(
+            num_inputs=1,
+            num_outputs=1,
+            get_input=lambda _i: tensor(name="images"),
+            get_output=lambda _i: tensor(name="features"),
+        )
+        self.Builder = lambda _logger: SimpleNamespace(
+            create_network=lambda _flags: network,
+            create_builder_config=Config,
+            create_optimization_profile=Profile,
+            build_serialized_network=lambda _network, _config: b"serialized engine",
+        )
+        self.OnnxParser = lambda _network, _logger: SimpleNamespace(parse_from_file=lambda _path: True)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_build_engine_sets_the_profile_at_the_onnx_files_height_and_width(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, precision: str
+) -> None:
+    fake = FakeTensorRT()
+    monkeypatch.setattr(trt_export, "import_tensorrt", lambda: fake)
+    monkeypatch.setattr(
+        trt_export, "gpu_environment", lambda device=None: {"gpu_name": "Orin", "compute_capability": "8.7"}
+    )
+    model = tiny_onnx(tmp_path / "wide.onnx", size=(32, 96))  # H 32, W 96: a swap would read (.., 96, 32)
+    engine = build_engine(model, precision, "1:2:4", cache_dir=tmp_path / "cache")
+    assert fake.shapes == [("images", (1, 3, 32, 96), (2, 3, 32, 96), (4, 3, 32, 96))]
+    assert fake.flags == ([] if precision == "fp32" else ["fp16"])
+    sidecar = json.loads(sidecar_path(engine).read_text(encoding="utf-8"))
+    assert sidecar["input_size"] == [32, 96] and engine.read_bytes() == b"serialized engine"

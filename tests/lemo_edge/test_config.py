@@ -16,8 +16,6 @@ from lemo_edge.errors import InputError
 # One out-of-range value per field, with the range the message must state.
 OUT_OF_RANGE: list[tuple[str, object, str]] = [
     ("backbone", "", "a non-empty timm model name"),
-    ("size", 0, "a positive multiple of 32"),
-    ("size", 100, "a positive multiple of 32"),
     ("method", "patchcore", "one of ['coreset', 'lemo']"),
     ("memory_size", 0, "1..65536"),
     ("memory_size", 65537, "1..65536"),
@@ -54,7 +52,6 @@ OUT_OF_RANGE: list[tuple[str, object, str]] = [
 # One value of the wrong type per field (bools are not ints, floats are not ints, ints are not bools, ...).
 WRONG_TYPE: list[tuple[str, object]] = [
     ("backbone", 3),
-    ("size", 256.0),
     ("method", 1),
     ("memory_size", True),
     ("embed_dim", 1.5),
@@ -105,8 +102,10 @@ def test_every_field_has_a_rule_and_a_bad_value_here():
         "adapter",
         "gate",
         "pending_searched",
+        "letterbox",
+        "size",
     } == fields
-    assert {name for name, _ in WRONG_TYPE} == fields
+    assert {name for name, _ in WRONG_TYPE} | {"size", "letterbox"} == fields
 
 
 @pytest.mark.parametrize(("name", "value", "expected"), OUT_OF_RANGE, ids=lambda v: str(v)[:20])
@@ -195,3 +194,64 @@ def test_the_config_names_exactly_the_knn_backends():
     from lemo_edge.knn import BACKENDS
 
     assert set(KNN_BACKENDS) == set(BACKENDS)  # kept apart only so that config does not import knn
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("250x256", "250x256"),
+        ("256x100", "256x100"),
+        (100, "100"),
+        (0, "0"),
+        ([256, 250], "256x250"),
+        ("0x256", "0x256"),
+    ],
+)
+def test_size_sides_must_be_multiples_of_32(value, shown):
+    message = f"size: expected H and W positive multiples of 32, got {shown}"
+    with pytest.raises(InputError, match=f"^{re.escape(message)}$"):
+        ModelConfig(size=value)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (256.0, "size: expected an integer or [H, W] of integers, got 256.0"),
+        (True, "size: expected an integer or [H, W] of integers, got True"),
+        ([256, 256, 3], "size: expected an integer or [H, W] of integers, got [256, 256, 3]"),
+        ("256 by 640", "size: expected SIZE or HxW (e.g. 256 or 256x640), got '256 by 640'"),
+    ],
+)
+def test_size_of_the_wrong_form_is_named(value, message):
+    with pytest.raises(InputError, match=f"^{re.escape(message)}$"):
+        ModelConfig(size=value)
+
+
+@pytest.mark.parametrize(
+    ("value", "stored", "hw"),
+    [
+        (256, 256, (256, 256)),
+        ("256", 256, (256, 256)),
+        ("256x256", 256, (256, 256)),
+        ([256, 256], 256, (256, 256)),
+        ("640x256", (640, 256), (640, 256)),
+        (" 64 X 128 ", (64, 128), (64, 128)),
+        ([64, 128], (64, 128), (64, 128)),
+        ((np.int64(64), 128), (64, 128), (64, 128)),
+    ],
+)
+def test_size_accepts_a_side_or_h_by_w_and_input_hw_is_h_w(value, stored, hw):
+    config = ModelConfig(size=value)
+    assert config.size == stored and config.input_hw == hw
+    assert all(type(v) is int for v in config.input_hw)
+
+
+def test_non_square_size_round_trips_through_json_and_old_int_configs_load_as_squares():
+    config = ModelConfig(size="640x256", letterbox=True)
+    data = json.loads(config.to_json())
+    assert data["size"] == [640, 256] and data["letterbox"] is True
+    assert ModelConfig.from_dict(data) == config and ModelConfig.from_dict(data).input_hw == (640, 256)
+    old = {k: v for k, v in ModelConfig().to_dict().items() if k != "letterbox"}
+    old["size"] = 320
+    loaded = ModelConfig.from_dict(old)
+    assert loaded.input_hw == (320, 320) and loaded.letterbox is False

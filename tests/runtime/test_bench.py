@@ -231,8 +231,13 @@ def test_jpeg_frames_decode_to_the_input_size() -> None:
 def test_config_errors_name_the_field() -> None:
     with pytest.raises(InputError, match=r"primary_size: expected one of sizes \[224\], got 256"):
         BenchConfig(sizes=(224,))
-    with pytest.raises(InputError, match=r"sizes: expected positive multiples of 32, got \[100\]"):
+    with pytest.raises(InputError, match=r"^sizes: expected H and W positive multiples of 32, got 100$"):
         BenchConfig(sizes=(100,), primary_size=100)
+    with pytest.raises(InputError, match=r"^sizes: expected H and W positive multiples of 32, got 250x256$"):
+        BenchConfig(sizes=("250x256",), primary_size=256)
+    with pytest.raises(InputError, match=r"primary_size: expected one of sizes \[\(256, 640\)\], got \(640, 256\)"):
+        BenchConfig(sizes=("256x640",), primary_size="640x256")
+    assert BenchConfig(sizes=("256x640", 256), primary_size=[256, 640]).primary_size == (256, 640)
     with pytest.raises(InputError, match="device: expected 'cpu' or 'cuda', got 'tpu'"):
         BenchConfig(device="tpu")
     with pytest.raises(InputError, match=r"batches: expected positive batch sizes including 1, got \[8\]"):

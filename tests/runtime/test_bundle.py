@@ -416,7 +416,8 @@ def test_dry_run_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[st
     [
         (["--sink", "mqtt://u:secret@broker/t"], "credentials in the URI are refused"),
         (["--camera", "csi://0 --frames 1"], "--camera: expected one URI without spaces"),
-        (["--size", "100"], "size: expected a positive multiple of 32, got 100"),
+        (["--size", "100"], "size: expected H and W positive multiples of 32, got 100"),
+        (["--size", "250x256"], "size: expected H and W positive multiples of 32, got 250x256"),
         (["--weights-wheel", "nowhere.whl"], "--weights-wheel: expected auto, none or a .whl file"),
         (["--state", "."], "--state: expected a folder holding state.safetensors"),
     ],
@@ -451,3 +452,29 @@ def test_existing_out_needs_force(bundle: Path, capsys: pytest.CaptureFixture[st
         capsys, "bundle", "--target", "jetson", "--out", str(bundle), "--size", "64", "--weights-wheel", "none"
     )
     assert code == 2 and "exists; expected a new folder (--force replaces them)" in err
+
+
+def test_non_square_size_and_letterbox_reach_the_plan_and_must_agree_with_the_state(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = _cli(
+        capsys,
+        "bundle",
+        "--target",
+        "jetson",
+        "--out",
+        str(tmp_path / "b"),
+        "--size",
+        "64x128",
+        "--letterbox",
+        "--dry-run",
+    )
+    assert code == 0
+    assert "tf_efficientnet_lite0-64x128-opset" in out and "export_onnx(tf_efficientnet_lite0, size 64x128)" in out
+    assert '"size": [64, 128]' in out and '"letterbox": true' in out
+    state = _state(tmp_path / "state", CONFIG.replace(size="64x128"))
+    base = ["bundle", "--target", "jetson", "--out", str(tmp_path / "c"), "--state", str(state), "--dry-run"]
+    code, _, err = _cli(capsys, *base, "--size", "128x64")
+    assert code == 2 and "--size 128x64 differs from the state's size (64, 128)" in err
+    code, out, _ = _cli(capsys, *base, "--size", "64x128")
+    assert code == 0 and "tf_efficientnet_lite0-64x128-opset" in out
