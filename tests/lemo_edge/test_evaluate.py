@@ -244,3 +244,59 @@ def test_defect_fraction_out_of_range_is_refused(capsys):
     code = main(["eval", "synthetic://?seed=1&size=64", "--protocol", "mixed", "--defect-fraction", "0.7"])
     assert code == 2
     assert "defect_fraction: expected a number in [0, 0.5], got 0.7" in capsys.readouterr().err
+
+
+def _wide_manifest(root, shape=(96, 192), n_train=16, n_good=6, n_defect=6):
+    """A manifest of synthetic ``shape`` (H, W) frames on disk: .png images, .png masks beside the defects'."""
+    from lemo_edge.synthetic import synthetic_sample
+
+    split = {"dataset": "wide", "train_good": [], "test_good": [], "test_defect": []}
+    counts = (("train_good", n_train, False), ("test_good", n_good, False), ("test_defect", n_defect, True))
+    index = 0
+    for key, count, defect in counts:
+        for _ in range(count):
+            sample = synthetic_sample(3, index, 64, defect, shape=shape, defect_px=(16, 28) if defect else None)
+            name = f"{key}/{index:03d}.jpg"
+            (root / key).mkdir(parents=True, exist_ok=True)
+            assert cv2.imwrite(str(root / name), cv2.cvtColor(sample.image, cv2.COLOR_RGB2BGR))
+            if defect:
+                assert cv2.imwrite(str(root / name.replace(".jpg", ".png")), sample.mask * 255)
+            split[key].append(name)
+            index += 1
+    (root / "split.json").write_text(json.dumps(split))
+    return root / "split.json"
+
+
+def test_eval_cli_runs_at_a_non_square_size_on_a_manifest(tmp_path):
+    """``--size 64x128`` (H x W) on 96 x 192 frames: same aspect ratio, so the defects keep their shape."""
+    manifest = _wide_manifest(tmp_path / "data")
+    out = tmp_path / "r.json"
+    argv = ["eval", str(manifest), "--size", "64x128", "-K", "256", "--baselines", "greedy", "--json", str(out)]
+    assert main([*argv, "--no-fewshot"]) == 0
+    result = json.loads(out.read_text())
+    assert result["config"]["size"] == [64, 128] and result["config"]["letterbox"] is False
+    assert result["image_auroc"] > 0.8 and result["pixel_auroc"] > 0.8
+    assert result["baselines"]["greedy"]["pixel_auroc"] is not None
+
+
+def test_eval_letterbox_scores_the_content_only(tmp_path):
+    """96 x 192 frames letterboxed into 128 x 128: content 64 x 128 at the top, 64 rows of padding below."""
+    from lemo_edge.backbone import create_feature_extractor
+    from lemo_edge.config import ModelConfig
+    from lemo_edge.datasets import open_dataset
+    from lemo_edge.evaluate import Evaluator
+
+    data = open_dataset(str(_wide_manifest(tmp_path / "data")))
+    extractor = create_feature_extractor()
+    config = ModelConfig(size=128, letterbox=True, memory_size=256)
+    result = Evaluator(config, data, extractor, extractor.spec, baselines=(), fewshot=False).run("online")
+    assert result["config"]["letterbox"] is True
+    assert result["image_auroc"] > 0.8 and result["pixel_auroc"] > 0.8
+    grid = result["_grid"]
+    assert {m.shape for m in grid["maps"]} == {(64, 128)} and {i.shape for i in grid["images"]} == {(64, 128, 3)}
+    assert {m.shape for m in grid["masks"] if m is not None} == {(64, 128)}
+
+
+def test_eval_bad_size_exits_2_naming_it(capsys):
+    assert main(["eval", TINY, "--size", "250x256"]) == 2
+    assert "size: expected H and W positive multiples of 32, got 250x256" in capsys.readouterr().err

@@ -139,3 +139,54 @@ def test_a_committed_outcome_cannot_be_committed_again():
     assert set(outcome.timings_ms) == {"score", "map", "update"}
     with pytest.raises(InputError, match="commit: expected an outcome of assess"):
         inspector.commit(outcome)
+
+
+def test_a_non_square_input_gives_an_h_by_w_grid_position_norm_and_map():
+    """640x256 at stride 8 is an (80, 32) grid; a swap of H and W would refuse these features."""
+    model = LemoModel(ModelConfig(size="640x256", memory_size=32), SPEC)
+    assert model.grid == (80, 32)
+    assert model.position_norm is not None and tuple(model.position_norm.mean.shape) == (80, 32)
+    features = torch.randn(2, 6, 80, 32)
+    model.memory.insert(model.embed(features[:1])[0], torch.full((80 * 32,), math.inf))
+    scores = model.score(features)
+    assert scores.raw.shape == scores.patch.shape == (2, 80, 32)
+    maps, image = model.maps(scores.patch)
+    assert maps.shape == (2, 640, 256) and image.shape == (2,)
+    with pytest.raises(InputError, match=r"features: expected \(B, 6, 80, 32\) float"):
+        model.check_features(torch.randn(1, 6, 32, 80))
+
+
+def test_a_non_square_model_learns_and_its_position_norm_follows_the_grid():
+    model = LemoModel(ModelConfig(size=(64, 128), memory_size=64, warmup=0, gate=False), SPEC)
+    inspector = Inspector(OnlineUpdater(model))
+    norm = model.position_norm
+    assert norm is not None
+    for _ in range(norm.min_count + 1):
+        outcome = inspector.step(torch.randn(1, 6, 8, 16))
+    assert norm.ready and outcome.patch.shape == (8, 16) and outcome.map.shape == (64, 128)
+    assert bool((norm.var > 0).all())
+
+
+def test_padded_cells_are_neither_scored_above_the_content_nor_learned():
+    """Letterbox padding (valid false): its patch scores are the content's lowest, so it never makes the map's
+    maximum, and none of its patches enters the memory, even when the padding is the most novel part."""
+    config = ModelConfig(size=64, memory_size=256, insert_per_image=64, warmup=0, gate=False, admission="coverage")
+    model = LemoModel(config, SPEC)
+    inspector = Inspector(OnlineUpdater(model))
+    valid = torch.zeros(8, 8, dtype=torch.bool)
+    valid[:, :5] = True  # the right three columns are padding
+    normal = torch.randn(1, 6, 8, 8)
+    inspector.step(normal, valid=valid)
+    assert model.memory.items.shape[0] > 0
+    odd = normal.clone()
+    odd[..., 5:] += 50.0  # the padding is far from everything learned
+    unmasked = inspector.assess(odd)
+    masked = inspector.step(odd, valid=valid)
+    assert masked.patch[:, 5:].max() <= masked.patch[:, :5].min() + 1e-6
+    assert masked.score < unmasked.score / 10  # without the mask, the padding is the anomaly
+    far = (model.memory.items - 50.0).abs().mean(dim=1) < 40  # an item learned from the shifted padding
+    assert not bool(far.any())
+    with pytest.raises(InputError, match=r"valid: expected \(1, 8, 8\) bool, got .*\(8, 5\)"):
+        inspector.step(normal, valid=valid[:, :5])
+    with pytest.raises(InputError, match="valid: expected at least one content cell per frame, got none"):
+        inspector.step(normal, valid=torch.zeros(8, 8, dtype=torch.bool))

@@ -129,3 +129,39 @@ def test_interrupted_save_leaves_the_previous_state_loadable(tmp_path):
     loaded = load_state(tmp_path, SPEC)
     assert torch.equal(loaded.model.memory.items, updater.model.memory.items)
     assert math.isfinite(loaded.threshold.mean)
+
+
+def test_a_non_square_state_reloads_at_its_shape_and_an_old_int_size_loads_as_a_square(tmp_path):
+    import json
+
+    from lemo_edge.runtime.state_store import StateStore
+
+    config = ModelConfig(size="64x128", memory_size=16, letterbox=True)
+    updater = OnlineUpdater(LemoModel(config, SPEC))
+    updater.observe(torch.randn(1, 6, 8, 16), updater.model.score(torch.randn(1, 6, 8, 16)), 0.0, force=True)
+    save_state(tmp_path / "wide", updater)
+    meta, _ = read_state(tmp_path / "wide")
+    assert meta["config"]["size"] == [64, 128] and meta["config"]["letterbox"] is True
+    loaded = load_state(tmp_path / "wide", SPEC)
+    assert loaded.model.config.input_hw == (64, 128) and loaded.model.grid == (8, 16) and loaded.model.config.letterbox
+    assert torch.equal(loaded.model.memory.items, updater.model.memory.items)
+    with pytest.raises(StateError, match=r"'size': \(\(64, 128\), \(128, 64\)\)"):
+        load_state(tmp_path / "wide", SPEC, config.replace(size="128x64"))
+
+    # a state written before HxW: "size": 64 and no "letterbox" field in its metadata
+    old = ModelConfig(size=64, memory_size=16)
+    save_state(tmp_path / "old", OnlineUpdater(LemoModel(old, SPEC)))
+    path = tmp_path / "old" / STATE_FILE
+    data = path.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    saved = json.loads(header["__metadata__"]["lemo_edge"])
+    del saved["config"]["letterbox"]
+    header["__metadata__"]["lemo_edge"] = json.dumps(saved, sort_keys=True)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(len(text).to_bytes(8, "little") + text + data[8 + n :])
+    assert "letterbox" not in read_state(tmp_path / "old")[0]["config"]
+    loaded = load_state(tmp_path / "old", SPEC)
+    assert loaded.model.config.input_hw == (64, 64) and loaded.model.config == old
+    assert StateStore(tmp_path / "old").saved_config() == old

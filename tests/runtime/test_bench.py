@@ -6,6 +6,7 @@ a tiny configuration (64 x 64, a few frames, K <= 32) whose results are checked 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -228,6 +229,11 @@ def test_jpeg_frames_decode_to_the_input_size() -> None:
         bench.JpegFrames(0, source_hw=(48, 64))
 
 
+def test_jpeg_frames_decode_to_height_by_width() -> None:
+    image = bench.JpegFrames(2, source_hw=(48, 64)).decode(0, (32, 96))
+    assert image.shape == (32, 96, 3)  # cv2 takes (W, H): a swap gives (96, 32, 3)
+
+
 def test_config_errors_name_the_field() -> None:
     with pytest.raises(InputError, match=r"primary_size: expected one of sizes \[224\], got 256"):
         BenchConfig(sizes=(224,))
@@ -289,6 +295,14 @@ def test_the_pipeline_scores_and_learns_through_the_inspector(torch_backend: obj
     assert torch.equal(memory.items, items)
 
 
+def test_a_non_square_pipeline_preprocesses_to_h_by_w_and_steps(torch_backend: object) -> None:
+    pipe = _pipeline(torch_backend, size="64x96")
+    images = pipe.preprocess(0)
+    assert images.shape == (1, 3, 64, 96) and pipe.model.grid == (8, 12)
+    pipe.step(pipe.backbone(images))
+    assert pipe.last is not None and pipe.last.map.shape == (64, 96) and pipe.observed == 1
+
+
 def test_a_batch_is_stepped_frame_by_frame(torch_backend: object) -> None:
     pipe = _pipeline(torch_backend, batch=2)
     seen = pipe.updater.stats.seen
@@ -324,6 +338,16 @@ def test_cli_registers_bench_and_builds_the_quick_config(tmp_path: Path) -> None
     missing = build_parser().parse_args(["bench", "--patchcore-data", str(tmp_path / "nope")])
     with pytest.raises(InputError, match="--patchcore-data: expected a dataset folder or manifest, got"):
         config_from_args(missing)
+
+
+def test_cli_size_measures_one_shape_and_a_bad_one_is_named() -> None:
+    from lemo_edge.runtime.bench.cli import config_from_args
+    from lemo_edge.runtime.main import build_parser, main
+
+    config = config_from_args(build_parser().parse_args(["bench", "--quick", "--device", "cpu", "--size", "64x128"]))
+    assert config.sizes == ((64, 128),) and config.primary_size == (64, 128)
+    assert config_from_args(build_parser().parse_args(["bench", "--device", "cpu", "--size", "320"])).sizes == (320,)
+    assert main(["bench", "--device", "cpu", "--size", "250x256"]) == 2
 
 
 def test_cli_rejects_a_bad_device() -> None:
@@ -406,3 +430,15 @@ def test_tiny_bench_writes_the_results_schema(tmp_path: Path) -> None:
     assert data["limits"]["backbone"]["flops"] > 0 and data["limits"]["scorer"]["d"] == 152
     assert data["targets"]["frame_p50_ms"]["measured_ms"] == data["frame_p50_ms"]
     assert "| backend | scorer |" in files["markdown"].read_text(encoding="utf-8")
+
+
+def test_tiny_bench_at_a_non_square_size_names_it_h_by_w(tmp_path: Path) -> None:
+    config = dataclasses.replace(
+        _tiny_config(), model=ModelConfig(size="64x96", memory_size=32), sizes=((64, 96),), primary_size=(64, 96)
+    )
+    config = dataclasses.replace(config, backends=("torch",), batches=(1,))
+    result = bench.run_bench(config)
+    assert {e["size"] for e in result["matrix"]} == {"64x96"} and result["scale"]["size"] == "64x96"
+    assert result["scale"]["n_patches"] == 8 * 12 and "at 64x96" in result["frame_p50_doc"]
+    files = bench.write_results(result, tmp_path / "results", None, plots=False)
+    assert "at 64x96" in files["markdown"].read_text(encoding="utf-8")

@@ -487,3 +487,35 @@ def test_live_source_that_drops_out_is_reconnected_and_the_loop_goes_on(backend:
     assert summary.frames == 30 and summary.stopped == "frames limit"
     assert summary.reconnects >= 1 and camera.opens >= 2
     assert summary.labelled == 0 and summary.prequential_auroc is None
+
+
+def _shaped_frame(i: int, shape: tuple[int, int], defect: bool = False) -> Frame:
+    sample = synthetic_sample(0, i, size=SIZE, defect=defect, shape=shape, defect_px=(10, 16) if defect else None)
+    return Frame(sample.image, i, time.time(), label=int(defect), mask=sample.mask, name=sample.name)
+
+
+def test_frames_are_resized_to_h_by_w_of_a_non_square_model(backend: ModuleBackend) -> None:
+    """A 64x128 (H x W) model: 96 x 192 frames reach the sinks as 64 x 128 with a 64 x 128 map (cv2 takes (W, H):
+    a swap would hand out 128 x 64 frames)."""
+    updater = _updater(backend, CONFIG.replace(size="64x128"))
+    sink = RecordingSink()
+    frames = [_shaped_frame(i, (96, 192), defect=i % 4 == 3) for i in range(8)]
+    summary = InspectionLoop(ListSource(frames), backend, updater, [sink]).run()
+    assert summary.frames == 8 and summary.updates > 0
+    assert {f.image.shape for f, _ in sink.results} == {(64, 128, 3)}
+    assert {f.mask.shape for f, _ in sink.results if f.mask is not None} == {(64, 128)}
+    assert {r.anomaly_map.shape for _, r in sink.results} == {(64, 128)}
+
+
+def test_letterbox_keeps_the_frame_and_maps_back_to_its_pixels(backend: ModuleBackend) -> None:
+    """A 64x64 letterbox model on 48 x 96 frames: content 32 x 64, padded below; the sinks get the frame as it came
+    and the map at its 48 x 96 pixels; padded cells are never learned (masks are letterboxed for the counts)."""
+    updater = _updater(backend, CONFIG.replace(letterbox=True))
+    sink = RecordingSink()
+    frames = [_shaped_frame(i, (48, 96), defect=i % 4 == 3) for i in range(8)]
+    summary = InspectionLoop(ListSource(frames), backend, updater, [sink]).run()
+    assert summary.frames == 8 and summary.updates > 0 and not summary.skipped
+    assert [f.image.shape for f, _ in sink.results] == [(48, 96, 3)] * 8
+    assert all(f.image is g.image for (f, _), g in zip(sink.results, frames, strict=True))
+    assert {r.anomaly_map.shape for _, r in sink.results} == {(48, 96)}
+    assert all(math.isfinite(r.score) for _, r in sink.results)

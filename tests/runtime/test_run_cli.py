@@ -334,3 +334,24 @@ def test_scorer_resolution_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "lemo_edge.runtime.scorers", None)
     scorer, reason = resolve_scorer("auto", CONFIG, cpu)
     assert scorer is None and "lemo_edge.runtime.scorers cannot be imported" in reason
+
+
+def test_run_at_a_non_square_size_with_letterbox_saves_and_resumes_that_shape(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--size 64x128 --letterbox`` on 96 x 128 synthetic frames: the state records both and a later run resumes
+    at 64 x 128 without them; another shape against that state is refused."""
+    wide = "synthetic://?defect_rate=0.2&seed=0&size=64&height=96&width=128"
+    state, events = tmp_path / "s", tmp_path / "events.jsonl"
+    base = [wide, str(events), "--headless", "--state", str(state), "--backend", "torch", "--save-every", "2"]
+    code, _, err = run_cli(capsys, *base, "--frames", "8", "--size", "64x128", "--letterbox", "--config", CONFIG_JSON)
+    assert code == 0, err
+    meta, _ = read_state(state)
+    assert meta["config"]["size"] == [64, 128] and meta["config"]["letterbox"] is True
+    assert len(_events(events)) == 8
+    code, _, err = run_cli(capsys, *base, "--frames", "3")
+    assert code == 0 and "resumed from" in err, err
+    loaded = load_state(state, resolve_spec(CONFIG.backbone))
+    assert loaded.model.config.input_hw == (64, 128) and loaded.model.grid == (8, 16)
+    code, _, err = run_cli(capsys, *base, "--frames", "1", "--size", "128x64")
+    assert code != 0 and "'size': ((64, 128), (128, 64))" in err
