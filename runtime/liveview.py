@@ -214,7 +214,8 @@ def _model_state(updater: Any) -> dict[str, Any]:
     stats = updater._stats  # the counters without reading the last loss from the device
     return {
         "backbone": config.backbone,
-        "input_size": config.size,
+        "input_size": config.size if isinstance(config.size, int) else "x".join(map(str, config.input_hw)),
+        "letterbox": bool(config.letterbox),
         "method": config.method,
         "memory_capacity": int(getattr(memory, "capacity", config.memory_size)),
         "memory_items": int(items.shape[0]),

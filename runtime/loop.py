@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 __all__ = ["Backend", "InspectionLoop", "LoopOptions"]
 
 Backend = Callable[[torch.Tensor], torch.Tensor]
-"""``(1, 3, S, S) uint8`` cpu -> ``(1, D, S / s, S / s) float32`` on the backend's device."""
+"""``(1, 3, H, W) uint8`` cpu -> ``(1, D, H / s, W / s) float32`` on the backend's device."""
 
 
 @dataclass(frozen=True)
@@ -107,9 +107,10 @@ class InspectionLoop:
     """Runs a model over a source: per-frame decisions, gated online learning, sinks, durable state.
 
     Args:
-        source: an opened :class:`~lemo_edge.runtime.sources.Source` (its frames should already be ``S x S``;
-            other sizes are resized here).
-        backend: feature backend, ``(1, 3, S, S) uint8`` cpu -> ``(1, D, S/s, S/s) float32`` (any device).
+        source: an opened :class:`~lemo_edge.runtime.sources.Source` (its frames should already be the model's
+            ``H x W`` (``config.input_hw``); other shapes are resized here, or letterboxed with ``config.letterbox``:
+            then the sinks get the frame as it came and the map at its pixels).
+        backend: feature backend, ``(1, 3, H, W) uint8`` cpu -> ``(1, D, H/s, W/s) float32`` (any device).
         updater: the model's online updater; the model must be on the device the features are moved to.
         sinks: result sinks; :class:`~lemo_edge.runtime.sinks.EventsSink` ones are written last, so their
             records carry the frame's complete latencies (``sinks`` then covers the other sinks) and the state

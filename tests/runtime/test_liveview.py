@@ -200,7 +200,10 @@ def test_model_and_memory_state_after_attach(sink):
     sink.attach(updater)
     model = json.loads(_get(sink.url + "status.json")[2])["model"]
     assert model["input_size"] == 64 and model["memory_capacity"] == 128 and model["memory_items"] == 0
-    assert model["warming_up"] is True and model["updates"] == 0
+    assert model["warming_up"] is True and model["updates"] == 0 and model["letterbox"] is False
+    sink.attach(OnlineUpdater(LemoModel(ModelConfig(size="64x128", letterbox=True, memory_size=128), spec)))
+    model = json.loads(_get(sink.url + "status.json")[2])["model"]
+    assert model["input_size"] == "64x128" and model["letterbox"] is True
 
 
 def test_non_finite_scores_are_null_in_the_status(sink):
