@@ -97,11 +97,14 @@ def letterbox_image(image: np.ndarray, input_hw: tuple[int, int]) -> tuple[np.nd
 
 
 def valid_cells(box: Letterbox, grid: tuple[int, int]) -> torch.Tensor:
-    """``(h, w) bool`` cpu: the patch cells whose centre lies in the content (the others are padding)."""
+    """``(h, w) bool`` cpu: the patch cells whose centre lies in the content (the others are padding); the
+    top-left cell always counts, so a frame thinner than half a cell still has one."""
     (ih, iw), (ch, cw) = box.input_hw, box.content_hw
     gh, gw = grid
-    rows = (torch.arange(gh, dtype=torch.float64) + 0.5) * (ih / gh) < ch
-    cols = (torch.arange(gw, dtype=torch.float64) + 0.5) * (iw / gw) < cw
+    first = torch.arange(gh) == 0
+    rows = ((torch.arange(gh, dtype=torch.float64) + 0.5) * (ih / gh) < ch) | first
+    first = torch.arange(gw) == 0
+    cols = ((torch.arange(gw, dtype=torch.float64) + 0.5) * (iw / gw) < cw) | first
     return rows[:, None] & cols[None, :]
 
 

@@ -200,7 +200,7 @@ class LemoModel(nn.Module):
         Args:
             features: ``(B, D, h, w) float`` backbone features, on the model's device.
             valid: ``(h, w)`` or ``(B, h, w) bool`` cells of the frames' content (letterbox;
-                :func:`lemo_edge.letterbox.valid_cells`), or ``None``: every cell.
+                :func:`lemo_edge.letterbox.valid_cells`), at least one per frame, or ``None``: every cell.
 
         Returns:
             :class:`Scores`; every memory answers through its ``search`` (the reference, an index or the
@@ -224,12 +224,11 @@ class LemoModel(nn.Module):
         return Scores(emb, nearest, raw, patch, valid)
 
     def _check_valid(self, valid: torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
+        """``valid`` as ``(B, h, w) bool`` on ``device``; its shape and dtype are checked (metadata only: no host
+        synchronisation), that each frame has a content cell is the caller's (``valid_cells`` guarantees it)."""
         if valid.dtype != torch.bool or tuple(valid.shape[-2:]) != self.grid or valid.ndim not in (2, 3):
             raise InputError(f"valid: expected ({batch}, {self.grid[0]}, {self.grid[1]}) bool, got {describe(valid)}")
-        valid = valid.to(device).expand(batch, *self.grid)
-        if not bool(valid.flatten(1).any(1).all()):
-            raise InputError("valid: expected at least one content cell per frame, got none")
-        return valid
+        return valid.to(device).expand(batch, *self.grid)
 
     def maps(self, patch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Anomaly maps ``(B, H, W) float32`` (``config.input_hw``) and image scores ``(B,) float32``."""

@@ -155,19 +155,19 @@ class OnlineUpdater:
         memory = self.model.memory
         z = scores.embeddings[0].detach()
         nearest, index = scores.nearest.nearest_distance, scores.nearest.index
-        keep = None if scores.valid is None else scores.valid[0].flatten()  # letterbox padding is never learned
-        if keep is not None:
-            z, nearest, index = z[keep], nearest[keep], index[keep]
+        keep = None  # letterbox: the content patches' positions (padding is never learned); one nonzero
+        patches = z.shape[0]
+        if scores.valid is not None:
+            keep = scores.valid[0].flatten().nonzero().flatten()
+            z, nearest, index = z.index_select(0, keep), nearest.index_select(0, keep), index.index_select(0, keep)
         if isinstance(memory, CoresetMemory):
             norm = self.model.position_norm
             surprise = scores.patch[0].flatten() if norm is not None and norm.ready else None
-            if surprise is not None and keep is not None:
-                surprise = surprise[keep]
             if keep is None:
                 inserted = memory.insert(z, nearest, index, tag, surprise)
             else:
-                positions = keep.nonzero().flatten()
-                inserted = memory.insert(z, nearest, index, tag, surprise, positions, int(keep.numel()))
+                surprise = None if surprise is None else surprise.index_select(0, keep)
+                inserted = memory.insert(z, nearest, index, tag, surprise, keep, patches)
             self._stats.inserted += inserted
             if self.optimizer is not None:
                 self._gradient_steps(features, keep)
@@ -185,13 +185,13 @@ class OnlineUpdater:
 
     def _gradient_steps(self, features: torch.Tensor, keep: torch.Tensor | None = None) -> None:
         """``cfg.steps_per_image`` optimiser steps on one image's features ``(1, D, h, w)``; ``keep``:
-        ``(h*w,) bool`` patches it learns from (``None``: all)."""
+        ``(n,) int64`` positions of the patches it learns from (``None``: all)."""
         assert self.optimizer is not None
         cfg = self.config
         for _ in range(cfg.steps_per_image):
             emb = self.model.embed(features)[0]
             if keep is not None:
-                emb = emb[keep]
+                emb = emb.index_select(0, keep)
             items = self.model.memory.items
             if items.shape[0] == 0:
                 return

@@ -47,6 +47,8 @@ def test_valid_cells_are_those_whose_centre_is_in_the_content():
     cells = valid_cells(box, (8, 16))  # cells of 8 px: rows 0..4 have centres 4..36 < 38
     assert cells.dtype == torch.bool and cells.shape == (8, 16)
     assert cells[:5].all() and not cells[5:].any()
+    thin = valid_cells(letterbox_geometry((4, 1000), (64, 64)), (8, 8))  # content 1 x 64: under half a cell
+    assert thin[0].all() and int(thin.sum()) == 8
 
 
 def test_unletterbox_crops_the_padding_and_resizes_to_the_frame():

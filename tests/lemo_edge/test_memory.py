@@ -219,3 +219,12 @@ def test_an_index_follows_the_confirmed_items_through_appends_and_merges(backend
     else:  # approximate: never nearer than the truth, and nearly always the same
         assert bool((got.score >= want.score - 1e-5).all())
         assert index.recall_at_k(queries, memory.items, 3) > 0.8
+
+
+def test_a_subset_of_a_frames_patches_is_tagged_by_its_positions_in_the_frame():
+    """Letterbox content (a subset of the frame's P patches): tags are ``tag * P + position``, as for a whole frame."""
+    mem = CoresetMemory(capacity=50, dim=2, insert_per_image=4, admission="coverage")
+    z = torch.tensor([[0.0, 0.0], [5.0, 0.0], [0.0, 5.0], [5.0, 5.0]])
+    positions = torch.tensor([1, 3, 8, 9])  # of a 12-patch frame
+    assert mem.insert(z, torch.full((4,), math.inf), tag=2, positions=positions, frame_patches=12) == 4
+    assert sorted(mem.tags[: mem.size].tolist()) == [2 * 12 + p for p in (1, 3, 8, 9)]
