@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
-from lemo_edge.backbone import FeatureExtractor, FeatureLevel, FeatureSpec, check_input_size
+from lemo_edge.backbone import POOLING, POOLING_BEFORE, FeatureExtractor, FeatureLevel, FeatureSpec, check_input_size
 from lemo_edge.errors import InputError, MissingDependencyError
 from lemo_edge.export.cache import package_version
 from lemo_edge.export.errors import ExportError
@@ -162,6 +162,7 @@ def model_metadata(spec: FeatureSpec, size: tuple[int, int]) -> dict[str, str]:
         "mean": json.dumps(list(spec.mean)),
         "std": json.dumps(list(spec.std)),
         "levels": json.dumps([[lv.index, lv.channels, lv.stride] for lv in spec.levels]),
+        "pooling": spec.pooling,
         "lemo_edge_version": package_version(),
     }
 
@@ -188,7 +189,8 @@ def spec_from_metadata(meta: Mapping[str, str], source: str = "model") -> tuple[
         raise InputError(f"{source}: malformed lemo-edge metadata ({err})") from err
     if len(mean) != 3 or len(std) != 3:
         raise InputError(f"{source}: expected 3 mean and 3 std values, got {len(mean)} and {len(std)}")
-    spec = FeatureSpec(meta["backbone"], mean, std, levels)  # type: ignore[arg-type]
+    pooling = meta.get("pooling", POOLING_BEFORE)  # exported before the metadata recorded it
+    spec = FeatureSpec(meta["backbone"], mean, std, levels, pooling)  # type: ignore[arg-type]
     if spec.dim != dim:
         raise InputError(f"{source}: feature_dim {dim} disagrees with its levels (sum {spec.dim})")
     return spec, (h, w)
@@ -516,7 +518,8 @@ def cached_onnx(
     """Return an exported ONNX file for ``backbone`` at ``size``, exporting it into the cache when missing.
 
     The file lives in ``<cache>/onnx/`` (see :mod:`lemo_edge.export.cache`), named by backbone, input
-    size, opset and lemo-edge version, and is written atomically.
+    size, opset and lemo-edge version, and is written atomically; a cached file whose features are pooled
+    by another convention (its metadata's ``pooling``) is exported again.
     """
     from lemo_edge.backbone import create_feature_extractor
     from lemo_edge.export.cache import cache_subdir
@@ -526,8 +529,11 @@ def cached_onnx(
     version = re.sub(r"[^A-Za-z0-9.]+", "_", package_version())
     path = folder / f"{backbone}-{h}x{w}-opset{opset}-lemo{version}.onnx"
     if path.is_file():
-        log.info("using cached ONNX %s", path)
-        return path
+        pooling = read_model_info(path).spec.pooling
+        if pooling == POOLING:
+            log.info("using cached ONNX %s", path)
+            return path
+        log.info("cached ONNX %s pools its features as %r, not %r: exporting it again", path, pooling, POOLING)
     log.info("exporting %s at %dx%d into the cache: %s", backbone, h, w, path)
     export_onnx(create_feature_extractor(backbone), path, (h, w), opset, require_tensorrt=False)
     return path

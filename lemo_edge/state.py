@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 
-from lemo_edge.backbone import FeatureSpec
+from lemo_edge.backbone import POOLING_BEFORE, FeatureSpec
 from lemo_edge.config import ModelConfig
 from lemo_edge.errors import StateError
 from lemo_edge.model import LemoModel
@@ -32,7 +32,7 @@ STATE_FILE = "state.safetensors"
 
 
 def _spec_dict(spec: FeatureSpec) -> dict[str, Any]:
-    return {"name": spec.name, "dim": spec.dim, "stride": spec.stride}
+    return {"name": spec.name, "dim": spec.dim, "stride": spec.stride, "pooling": spec.pooling}
 
 
 def save_state(directory: str | Path, updater: OnlineUpdater) -> Path:
@@ -101,7 +101,13 @@ def load_state(directory: str | Path, spec: FeatureSpec, config: ModelConfig | N
             feature size or configuration.
     """
     meta, tensors = read_state(directory)
-    saved_spec = meta["spec"]
+    saved_spec = dict(meta["spec"])
+    saved_spec.setdefault("pooling", POOLING_BEFORE)  # states saved before the spec recorded it
+    if saved_spec["pooling"] != spec.pooling:
+        raise StateError(
+            f"state: learned from features pooled as {saved_spec['pooling']!r}, but this backbone's are pooled as "
+            f"{spec.pooling!r} (lemo-edge changed its 3x3 average; docs/method.md section 9): learn a new state"
+        )
     if saved_spec != _spec_dict(spec):
         raise StateError(f"state: made for backbone {saved_spec}, but this model uses {_spec_dict(spec)}")
     saved = ModelConfig.from_dict(meta["config"])

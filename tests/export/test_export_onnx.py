@@ -77,10 +77,30 @@ def test_graph_signature_and_metadata(exported: ExportReport) -> None:
     assert meta["feature_dim"] == "152" and meta["stride"] == "8"
     assert json.loads(meta["input_size"]) == [256, 256]
     assert json.loads(meta["mean"]) == [0.5, 0.5, 0.5] and json.loads(meta["std"]) == [0.5, 0.5, 0.5]
-    assert meta["lemo_edge_version"]
+    assert meta["lemo_edge_version"] and meta["pooling"] == "avg3-zero-pad"
     info = read_model_info(exported.path)
     assert info.spec == PACKAGED["tf_efficientnet_lite0"].spec
     assert info.input_size == (256, 256)
+
+
+def test_cached_file_pooled_the_old_way_is_exported_again(exported: ExportReport, tmp_path: Path) -> None:
+    """A cached export of an earlier version (no ``pooling`` metadata: the 3x3 average over valid cells) is
+    replaced; one with today's pooling is reused as it is."""
+    from lemo_edge.export.onnx import cached_onnx
+
+    first = cached_onnx("tf_efficientnet_lite0", (64, 64), cache_dir=tmp_path)
+    assert read_model_info(first).spec.pooling == "avg3-zero-pad"
+    stamp = first.stat().st_mtime_ns
+    assert cached_onnx("tf_efficientnet_lite0", (64, 64), cache_dir=tmp_path) == first
+    assert first.stat().st_mtime_ns == stamp  # reused
+    old = onnx.load(str(first))
+    kept = [p for p in old.metadata_props if p.key != "pooling"]
+    del old.metadata_props[:]
+    old.metadata_props.extend(kept)
+    onnx.save(old, str(first))
+    assert read_model_info(first).spec.pooling == "avg3-valid"
+    assert cached_onnx("tf_efficientnet_lite0", (64, 64), cache_dir=tmp_path) == first
+    assert read_model_info(first).spec.pooling == "avg3-zero-pad"
 
 
 def test_graph_uses_only_tensorrt_ops(exported: ExportReport) -> None:

@@ -113,3 +113,21 @@ def test_input_size_must_be_multiple_of_32():
     assert check_input_size(256) == (256, 256)
     with pytest.raises(InputError, match="expected positive multiples of 32, got 250"):
         check_input_size(250)
+
+
+def test_levels_are_averaged_over_3x3_counting_the_zero_padding():
+    """PatchCore's convention: a border cell's average divides by 9, the padding counting as zeros."""
+    from lemo_edge.backbone import POOLING, aggregate_levels
+
+    fine = torch.rand(1, 2, 6, 8) + 1.0
+    coarse = torch.rand(1, 3, 3, 4) + 1.0
+    out = aggregate_levels([fine, coarse])
+    assert out.shape == (1, 5, 6, 8) and POOLING == "avg3-zero-pad"
+    padded = F.pad(fine, (1, 1, 1, 1))  # an independent 3x3 sum over the zero-padded level, divided by 9
+    expected = sum(padded[..., i : i + 6, j : j + 8] for i in range(3) for j in range(3)) / 9.0
+    torch.testing.assert_close(out[:, :2], expected)
+    corner = fine[0, :, :2, :2].sum((1, 2)) / 9.0  # 4 valid cells of 9: the corner is damped
+    torch.testing.assert_close(out[0, :2, 0, 0], corner)
+    coarse_padded = F.pad(coarse, (1, 1, 1, 1))
+    coarse_avg = sum(coarse_padded[..., i : i + 3, j : j + 4] for i in range(3) for j in range(3)) / 9.0
+    torch.testing.assert_close(out[:, 2:], F.interpolate(coarse_avg, size=(6, 8), mode="bilinear", align_corners=False))

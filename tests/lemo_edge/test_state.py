@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -60,6 +61,30 @@ def test_state_for_another_backbone_is_refused(tmp_path):
     other = FeatureSpec("other", (0.5,) * 3, (0.5,) * 3, (FeatureLevel(0, 7, 8),))
     with pytest.raises(StateError, match="made for backbone .*'toy'.* but this model uses .*'other'"):
         load_state(tmp_path, other)
+
+
+def test_state_learned_from_features_pooled_otherwise_is_refused(tmp_path):
+    save_state(tmp_path, _trained("coreset"))
+    before = FeatureSpec("toy", (0.5,) * 3, (0.5,) * 3, (FeatureLevel(0, 6, 8),), "avg3-valid")
+    with pytest.raises(StateError, match="pooled as 'avg3-zero-pad', but this backbone's are pooled as 'avg3-valid'"):
+        load_state(tmp_path, before)
+
+
+def test_state_saved_before_the_spec_recorded_its_pooling_is_refused(tmp_path):
+    """A state of an earlier version (no ``pooling`` in its spec) was learned from the old 3x3 average."""
+    save_state(tmp_path, _trained("coreset"))
+    path = tmp_path / STATE_FILE
+    data = path.read_bytes()
+    header_len = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + header_len])
+    meta = json.loads(header["__metadata__"]["lemo_edge"])
+    del meta["spec"]["pooling"]
+    header["__metadata__"]["lemo_edge"] = json.dumps(meta)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(len(text).to_bytes(8, "little") + text + data[8 + header_len :])
+    with pytest.raises(StateError, match="learned from features pooled as 'avg3-valid'.*learn a new state"):
+        load_state(tmp_path, SPEC)
 
 
 def test_state_with_other_config_is_refused(tmp_path):
