@@ -227,9 +227,11 @@ def test_cached_onnx_is_keyed_by_height_and_width(tmp_path: Path, monkeypatch: p
 
     exported: list[tuple[str, tuple[int, int]]] = []
 
-    def record(_extractor: object, path: Path, size: tuple[int, int], *_args: object, **_kw: object) -> None:
+    def record(extractor: FeatureExtractor, path: Path, size: tuple[int, int], *_args: object, **_kw: object) -> None:
         exported.append((Path(path).name, size))
-        Path(path).write_bytes(b"stub")
+        stub = onnx.helper.make_model(onnx.helper.make_graph([], "stub", [], []))  # no graph, the metadata only
+        onnx.helper.set_model_props(stub, onnx_export.model_metadata(extractor.spec, size))
+        onnx.save(stub, str(path))
 
     monkeypatch.setattr(onnx_export, "export_onnx", record)
     wide = onnx_export.cached_onnx("tf_efficientnet_lite0", (64, 128), cache_dir=tmp_path)
