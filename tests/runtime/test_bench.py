@@ -401,3 +401,18 @@ def test_tiny_bench_writes_the_results_schema(tmp_path: Path) -> None:
     assert data["limits"]["backbone"]["flops"] > 0 and data["limits"]["scorer"]["d"] == 152
     assert data["targets"]["frame_p50_ms"]["measured_ms"] == data["frame_p50_ms"]
     assert "| backend | scorer |" in files["markdown"].read_text(encoding="utf-8")
+
+
+def test_primary_column_is_the_configs_own_search() -> None:
+    """frame_p50_ms and the ratios time the search the config names: the index's column, else the reference."""
+    from lemo_edge.runtime.bench.run import _scorers, primary_scorer
+
+    cpu = torch.device("cpu")
+    config = BenchConfig(model=ModelConfig(knn="bf16"))
+    scorers, status = _scorers(config, cpu)
+    assert primary_scorer(config, scorers) == "knn"
+    assert scorers["knn"].scorer is None and scorers["knn"].config_changes == {"knn": "bf16"}
+    assert "bf16" in status["knn"]
+    exact = BenchConfig()
+    scorers, _ = _scorers(exact, cpu)
+    assert primary_scorer(exact, scorers) == "torch"
