@@ -94,7 +94,7 @@ class ModelConfig:
     pending_ttl: int = 32
     admit_z: float | None = 4.0
     pending_searched: bool = False
-    knn: str = "exact"
+    knn: str = "bf16"
     adapter: bool = False
     steps_per_image: int = 1
     lr_memory: float = 1e-2
@@ -167,8 +167,8 @@ class ModelConfig:
         data = dict(data)
         lists = data.pop("ivf_lists", None)
         data.pop("ivf_probe", None)
-        if lists and "knn" not in data:
-            data["knn"] = "faiss-ivf"
+        if "knn" not in data:  # saved before the knn field: it searched exactly (or by the inverted file)
+            data["knn"] = "faiss-ivf" if lists else "exact"
         return cls().replace(**data)
 
 

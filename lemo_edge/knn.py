@@ -405,7 +405,7 @@ class MemoryIndex:
             out_d[which], out_r[which] = _exact_topk(z[which], self.items, k)
         return out_d, out_r
 
-    def _shortlist_topk(self, z: torch.Tensor, k: int, block: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    def _shortlist_topk(self, z: torch.Tensor, k: int, block: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
         """bf16: the ``max(k, shortlist)`` nearest rows by the bfloat16 product, ranked by exact float32 distances."""
         n = self._n
         low, low_sq, bank = self._low[:n], self._low_sq[:n], self._bank[:n]
