@@ -15,7 +15,8 @@ from lemo_edge.errors import InputError
 METHODS = ("coreset", "lemo")
 LOSS_SIGNS = ("fixed", "paper")
 ADMISSIONS = ("recurrence", "coverage")
-KNN_BACKENDS = ("exact", "faiss-ivf", "usearch", "bf16")  # lemo_edge.knn.BACKENDS (imported there: no import here)
+# lemo_edge.knn.BACKENDS (imported there: no import here)
+KNN_BACKENDS = ("exact", "faiss-ivf", "usearch", "bf16", "int8")
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,8 @@ class ModelConfig:
             usable while it waits, and so is a defect); otherwise they only collect evidence.
         knn: (coreset) nearest-item search: ``"exact"`` (the torch reference), ``"bf16"`` (a bfloat16 product
             shortlists 8 items per patch, ranked by exact float32 distances: recall@3 1.0000 on Magnetic Tile, the
-            same AUROCs, 2-3x faster on a CPU with bfloat16 dot products, exact on one without), or a library
+            same AUROCs, 2-3x faster on a CPU with bfloat16 dot products, exact on one without), ``"int8"`` (the
+            same with an int8 product, ``torch._int_mm``: half the product's cost on a CPU with VNNI), or a library
             index (``"faiss-ivf"``, ``"usearch"``: approximate, faster still); all follow the memory
             (lemo_edge.knn) and need ``pending_searched=False``; a memory on a GPU always searches exactly (or by
             the CUDA scorer).

@@ -22,6 +22,9 @@ Backends (chosen by ``benchmarks/knn_study.py``, results in ``benchmarks/results
   exact float32 distances then rank them. On a CPU with bfloat16 dot products (AVX512-BF16, AMX, Arm BF16) the
   product costs a third of the float32 one; recall@3 on Magnetic Tile embeddings 1.0000 (a true neighbour is
   missed only when bfloat16 rounding pushes it below 8 others). Without such a CPU it searches exactly (logged).
+* ``"int8"``: the same with an int8 product (``torch._int_mm``; items scaled once when the copy is built, queries
+  per search, both centred): on a CPU with int8 dot products (AVX-VNNI, AVX512-VNNI, AMX, Arm dotprod) the
+  product costs half the bfloat16 one. Without such a CPU it searches exactly (logged).
 
 An approximate search can only over-estimate a distance (a nearer item may be missed), never under-estimate.
 Below ``min_items`` items every backend searches exactly. All tensors are CPU ``float32``.
@@ -42,7 +45,11 @@ from lemo_edge.scoring import Nearest, nearest_memory, smallest_k
 
 log = logging.getLogger(__name__)
 
-BACKENDS: tuple[str, ...] = ("faiss-ivf", "usearch", "exact", "bf16")
+BACKENDS: tuple[str, ...] = ("faiss-ivf", "usearch", "exact", "bf16", "int8")
+SHORTLISTS: dict[str, tuple[torch.dtype, frozenset[str]]] = {  # product dtype, CPU flags that make it fast
+    "bf16": (torch.bfloat16, frozenset({"avx512_bf16", "amx_bf16", "bf16"})),
+    "int8": (torch.int8, frozenset({"avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm"})),
+}
 HINTS: dict[str, tuple[str, str, str]] = {  # backend: (module, distribution, pip hint)
     "faiss-ivf": ("faiss", "faiss-cpu", "pip install 'lemo-edge[knn]'  (or: pip install faiss-cpu)"),
     "usearch": ("usearch.index", "usearch", "pip install 'lemo-edge[knn]'  (or: pip install usearch)"),
@@ -58,18 +65,31 @@ class BackendStatus:
     reason: str
 
 
-def bf16_matmul_in_hardware() -> bool:
-    """Whether this CPU has bfloat16 dot products (x86 ``avx512_bf16``/``amx_bf16``, Arm ``bf16``); Linux only."""
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (x86 ``flags``, Arm ``Features``); empty elsewhere."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
             text = f.read(65536)
     except OSError:
-        return False
-    flags = set()
+        return set()
+    flags: set[str] = set()
     for line in text.splitlines():
         if line.startswith(("flags", "Features")):
             flags.update(line.split(":", 1)[-1].split())
-    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+    return flags
+
+
+def shortlist_in_hardware(backend: str) -> bool:
+    """Whether this CPU has the dot products of a shortlist backend (``bf16``: x86 ``avx512_bf16``/``amx_bf16``,
+    Arm ``bf16``; ``int8``: AVX-VNNI, AVX512-VNNI, AMX, Arm dotprod; and ``torch._int_mm``); Linux only."""
+    if backend == "int8" and not hasattr(torch, "_int_mm"):
+        return False
+    return bool(cpu_flags() & SHORTLISTS[backend][1])
+
+
+def bf16_matmul_in_hardware() -> bool:
+    """Whether this CPU has bfloat16 dot products (x86 ``avx512_bf16``/``amx_bf16``, Arm ``bf16``); Linux only."""
+    return shortlist_in_hardware("bf16")
 
 
 def _import(backend: str) -> Any:
@@ -89,10 +109,10 @@ def backend_status() -> list[BackendStatus]:
         if name == "exact":
             out.append(BackendStatus(name, True, "torch reference"))
             continue
-        if name == "bf16":
-            fast = bf16_matmul_in_hardware()
-            out.append(BackendStatus(name, True, "torch, bfloat16 shortlist" if fast else
-                                     "torch; no bfloat16 dot products in this CPU: searches exactly"))  # fmt: skip
+        if name in SHORTLISTS:
+            fast = shortlist_in_hardware(name)
+            out.append(BackendStatus(name, True, f"torch, {name} shortlist" if fast else
+                                     f"torch; no {name} dot products in this CPU: searches exactly"))  # fmt: skip
             continue
         try:
             _import(name)
@@ -176,7 +196,7 @@ class MemoryIndex:
         cell_items: IVF items per cell at :meth:`reset` (faiss-ivf).
         connectivity: HNSW graph degree (usearch).
         expansion_add: HNSW construction breadth (usearch).
-        shortlist: items per query shortlisted by the bfloat16 product and ranked exactly (bf16).
+        shortlist: items per query shortlisted by the low-precision product and ranked exactly (bf16, int8).
         min_items: below this many items searches are exact (an index is built when the memory reaches it).
         threads: search threads (0: the library's default); the memory's one frame is one batch of N queries.
         seed: seed of the IVF training.
@@ -210,11 +230,13 @@ class MemoryIndex:
         if backend in HINTS:
             _import(backend)  # fail now, with the hint, not at the first search
         self.shortlist = shortlist
-        self._bf16 = backend == "bf16" and bf16_matmul_in_hardware()
-        if backend == "bf16" and not self._bf16:
-            log.info("knn: no bfloat16 dot products in this CPU: the bf16 backend searches exactly")
-        self._low = torch.zeros(0, 0, dtype=torch.bfloat16)  # bf16: (rows - centre) in bfloat16, the bank's order
-        self._low_sq = torch.zeros(0)  # bf16: squared norms of the centred float32 rows
+        self._shortlisted = backend in SHORTLISTS and shortlist_in_hardware(backend)
+        if backend in SHORTLISTS and not self._shortlisted:
+            log.info("knn: no %s dot products in this CPU: the %s backend searches exactly", backend, backend)
+        self._dtype = SHORTLISTS[backend][0] if backend in SHORTLISTS else torch.bfloat16
+        self._low = torch.zeros(0, 0, dtype=self._dtype)  # shortlists: (rows - centre) [/ scale], the bank's order
+        self._low_sq = torch.zeros(0)  # shortlists: squared norms of the centred float32 rows
+        self._scale = 1.0  # int8: the items' quantisation step
         self._centre = torch.zeros(0)
         self.backend = backend
         self.ef, self.probe, self.cell_items = ef, probe, cell_items
@@ -233,8 +255,8 @@ class MemoryIndex:
     @property
     def exact(self) -> bool:
         """Whether searches are the exact reference (the ``exact`` backend, or fewer than ``min_items`` items)."""
-        if self.backend == "bf16":
-            return not self._bf16 or self._centre.numel() == 0
+        if self.backend in SHORTLISTS:
+            return not self._shortlisted or self._centre.numel() == 0
         return self.backend == "exact" or self._library is None
 
     @property
@@ -267,7 +289,7 @@ class MemoryIndex:
         if self._bank.shape[1] == 0:
             self._bank = torch.zeros(max(16, rows.shape[0]), rows.shape[1])
         labels = self._append(rows)
-        if self.backend == "bf16":  # no library: the bfloat16 copy follows in _append once it exists
+        if self.backend in SHORTLISTS:  # no library: the low-precision copy follows in _append once it exists
             if not self._centre.numel():
                 self._maybe_build()
             return
@@ -325,24 +347,26 @@ class MemoryIndex:
         return labels
 
     def _write_low(self, start: int, rows: torch.Tensor) -> None:
-        """The bfloat16 copy of ``rows`` at row ``start`` (grown with the bank)."""
+        """The low-precision copy of ``rows`` at row ``start`` (grown with the bank)."""
         if self._low.shape[0] < self._bank.shape[0]:
-            grown = torch.zeros(self._bank.shape[0], self._bank.shape[1], dtype=torch.bfloat16)
+            grown = torch.zeros(self._bank.shape[0], self._bank.shape[1], dtype=self._dtype)
             grown[: self._low.shape[0]] = self._low
             grown_sq = torch.zeros(self._bank.shape[0])
             grown_sq[: self._low_sq.shape[0]] = self._low_sq
             self._low, self._low_sq = grown, grown_sq
         centred = rows - self._centre
-        self._low[start : start + rows.shape[0]] = centred.to(torch.bfloat16)
+        self._low[start : start + rows.shape[0]] = _quantise(centred, self._scale, self._dtype)
         self._low_sq[start : start + rows.shape[0]] = (centred * centred).sum(1)
 
     def _maybe_build(self) -> None:
         if self.backend == "exact" or self._n < max(1, self.min_items):
             return
-        if self.backend == "bf16":
-            if self._bf16:
+        if self.backend in SHORTLISTS:
+            if self._shortlisted:
                 self._centre = self.items.mean(0)
-                self._low = torch.zeros(0, self._bank.shape[1], dtype=torch.bfloat16)
+                # int8: later items beyond the range saturate (only their shortlist rank can suffer)
+                self._scale = max(float((self.items - self._centre).abs().max()), 1e-12) / 127.0
+                self._low = torch.zeros(0, self._bank.shape[1], dtype=self._dtype)
                 self._low_sq = torch.zeros(0)
                 self._write_low(0, self.items)
             return
@@ -388,7 +412,7 @@ class MemoryIndex:
             raise InputError(f"knn search: expected 1 <= k <= n={self._n}, got k={k}")
         if self.exact:
             return _exact_topk(z, self.items, k)
-        if self.backend == "bf16":
+        if self.backend in SHORTLISTS:
             return self._shortlist_topk(z.detach().float(), k)
         assert self._library is not None  # not exact: built
         queries = np.ascontiguousarray(z.detach().float().numpy())
@@ -406,16 +430,24 @@ class MemoryIndex:
         return out_d, out_r
 
     def _shortlist_topk(self, z: torch.Tensor, k: int, block: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
-        """bf16: the ``max(k, shortlist)`` nearest rows by the bfloat16 product, ranked by exact float32 distances."""
+        """The ``max(k, shortlist)`` nearest rows by the low-precision product, ranked by exact float32 distances."""
         n = self._n
         low, low_sq, bank = self._low[:n], self._low_sq[:n], self._bank[:n]
         short = min(n, max(k, self.shortlist))
-        queries = (z - self._centre).to(torch.bfloat16)
+        centred = z - self._centre
+        alpha = -2.0
+        if self._dtype == torch.int8:
+            step = max(float(centred.abs().max()), 1e-12) / 127.0  # the queries' quantisation step
+            alpha *= step * self._scale
+            queries = _quantise(centred, step, torch.int8)
+        else:
+            queries = centred.to(self._dtype)
         dists, rows = [], []
         for start in range(0, z.shape[0], block):
             # ||m - c||^2 - 2 (z - c).(m - c): the squared distance less ||z - c||^2, which ranks the same
-            partial = torch.mm(queries[start : start + block], low.T).float()
-            partial = torch.add(low_sq, partial, alpha=-2.0)
+            part = queries[start : start + block]
+            product = torch._int_mm(part, low.T) if self._dtype == torch.int8 else torch.mm(part, low.T)
+            partial = torch.add(low_sq, product.float(), alpha=alpha)
             _, candidates = smallest_k(partial, short)  # (b, short)
             diff = bank[candidates] - z[start : start + block, None, :]
             best, order = (diff * diff).sum(2).topk(k, dim=1, largest=False)
@@ -456,6 +488,13 @@ class MemoryIndex:
         _, found = self.search_topk(z, k)
         hits = (found[:, :, None] == truth[:, None, :]).any(2).sum(1)
         return float(hits.double().mean() / k)
+
+
+def _quantise(rows: torch.Tensor, step: float, dtype: torch.dtype) -> torch.Tensor:
+    """``rows`` in ``dtype``: bfloat16 by rounding; int8 as ``round(rows / step)`` clamped to [-127, 127]."""
+    if dtype != torch.int8:
+        return rows.to(dtype)
+    return (rows / step).round_().clamp_(-127, 127).to(torch.int8)
 
 
 def _exact_topk(z: torch.Tensor, items: torch.Tensor, k: int, block: int = 256) -> tuple[torch.Tensor, torch.Tensor]:

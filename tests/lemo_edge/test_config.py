@@ -33,7 +33,7 @@ OUT_OF_RANGE: list[tuple[str, object, str]] = [
     ("confirm_images", 0, "an integer >= 1"),
     ("pending_ttl", 0, "an integer >= 1"),
     ("admit_z", math.inf, "null or a finite number"),
-    ("knn", "ivf", "one of ['exact', 'faiss-ivf', 'usearch', 'bf16']"),
+    ("knn", "ivf", "one of ['exact', 'faiss-ivf', 'usearch', 'bf16', 'int8']"),
     ("steps_per_image", 0, "an integer >= 1"),
     ("lr_memory", -1e-3, "a finite number >= 0"),
     ("lr_adapter", -1e-3, "a finite number >= 0"),
