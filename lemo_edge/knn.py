@@ -32,6 +32,7 @@ Below ``min_items`` items every backend searches exactly. All tensors are CPU ``
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import dataclass
@@ -82,9 +83,19 @@ def cpu_flags() -> set[str]:
 def shortlist_in_hardware(backend: str) -> bool:
     """Whether this CPU has the dot products of a shortlist backend (``bf16``: x86 ``avx512_bf16``/``amx_bf16``,
     Arm ``bf16``; ``int8``: AVX-VNNI, AVX512-VNNI, AMX, Arm dotprod; and ``torch._int_mm``); Linux only."""
-    if backend == "int8" and not hasattr(torch, "_int_mm"):
+    if not cpu_flags() & SHORTLISTS[backend][1]:
         return False
-    return bool(cpu_flags() & SHORTLISTS[backend][1])
+    return backend != "int8" or _int_mm_runs()
+
+
+@functools.lru_cache(maxsize=1)
+def _int_mm_runs() -> bool:
+    """Whether ``torch._int_mm`` (a private torch API) exists and multiplies int8 matrices on the CPU here."""
+    try:
+        ones = torch.ones(32, 8, dtype=torch.int8)
+        return int(torch._int_mm(ones, ones.T)[0, 0]) == 8
+    except (AttributeError, RuntimeError, TypeError):
+        return False
 
 
 def bf16_matmul_in_hardware() -> bool:
@@ -435,19 +446,25 @@ class MemoryIndex:
         low, low_sq, bank = self._low[:n], self._low_sq[:n], self._bank[:n]
         short = min(n, max(k, self.shortlist))
         centred = z - self._centre
-        alpha = -2.0
+        bias = low_sq
         if self._dtype == torch.int8:
             step = max(float(centred.abs().max()), 1e-12) / 127.0  # the queries' quantisation step
-            alpha *= step * self._scale
             queries = _quantise(centred, step, torch.int8)
+            # ranked in units of the int8 product: ||m - c||^2 / (2 step scale) - q.m, all in int32 (no float pass;
+            # the bias rounds by half a unit; clamped far below int32 overflow)
+            unit = 2.0 * step * self._scale
+            bias = (low_sq.double() / unit).round_().clamp_(-(2**30), 2**30).to(torch.int32)
         else:
             queries = centred.to(self._dtype)
         dists, rows = [], []
         for start in range(0, z.shape[0], block):
             # ||m - c||^2 - 2 (z - c).(m - c): the squared distance less ||z - c||^2, which ranks the same
             part = queries[start : start + block]
-            product = torch._int_mm(part, low.T) if self._dtype == torch.int8 else torch.mm(part, low.T)
-            partial = torch.add(low_sq, product.float(), alpha=alpha)
+            if self._dtype == torch.int8:
+                partial = torch._int_mm(part, low.T)
+                torch.sub(bias, partial, out=partial)
+            else:
+                partial = torch.add(bias, torch.mm(part, low.T).float(), alpha=-2.0)
             _, candidates = smallest_k(partial, short)  # (b, short)
             diff = bank[candidates] - z[start : start + block, None, :]
             best, order = (diff * diff).sum(2).topk(k, dim=1, largest=False)
