@@ -413,6 +413,6 @@ def test_primary_column_is_the_configs_own_search() -> None:
     assert primary_scorer(config, scorers) == "knn"
     assert scorers["knn"].scorer is None and scorers["knn"].config_changes == {"knn": "bf16"}
     assert "bf16" in status["knn"]
-    exact = BenchConfig()
+    exact = BenchConfig(model=ModelConfig(knn="exact"))
     scorers, _ = _scorers(exact, cpu)
     assert primary_scorer(exact, scorers) == "torch"
