@@ -165,12 +165,12 @@ class ModelConfig:
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         """Inverse of :meth:`to_dict`; unknown keys raise InputError. A config saved before the library index
         (``ivf_lists``/``ivf_probe``, the hand-written inverted file) loads with ``knn="faiss-ivf"`` for a
-        non-zero ``ivf_lists``, else ``"exact"``."""
+        non-zero ``ivf_lists``, else with the default search (a config file may omit any field)."""
         data = dict(data)
         lists = data.pop("ivf_lists", None)
         data.pop("ivf_probe", None)
-        if "knn" not in data:  # saved before the knn field: it searched exactly (or by the inverted file)
-            data["knn"] = "faiss-ivf" if lists else "exact"
+        if lists and "knn" not in data:
+            data["knn"] = "faiss-ivf"
         return cls().replace(**data)
 
 

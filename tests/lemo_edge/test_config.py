@@ -143,7 +143,7 @@ def test_a_library_index_needs_an_unsearched_pool_and_old_ivf_configs_still_load
     saved = {**ModelConfig().to_dict(), "ivf_lists": 64, "ivf_probe": 8}
     del saved["knn"]
     assert ModelConfig.from_dict(saved).knn == "faiss-ivf"
-    assert ModelConfig.from_dict({**saved, "ivf_lists": 0}).knn == "exact"
+    assert ModelConfig.from_dict({**saved, "ivf_lists": 0}).knn == ModelConfig().knn  # omitted: the default
 
 
 def test_extra_must_be_a_dict_with_string_keys():
