@@ -16,7 +16,8 @@ from lemo_edge.errors import InputError
 METHODS = ("coreset", "lemo")
 LOSS_SIGNS = ("fixed", "paper")
 ADMISSIONS = ("recurrence", "coverage")
-KNN_BACKENDS = ("exact", "faiss-ivf", "usearch")  # lemo_edge.knn.BACKENDS (imported there: no import here)
+# lemo_edge.knn.BACKENDS (imported there: no import here)
+KNN_BACKENDS = ("exact", "faiss-ivf", "usearch", "bf16", "int8")
 
 
 @dataclass(frozen=True)
@@ -58,9 +59,13 @@ class ModelConfig:
             memory at once; only the more surprising ones wait in the pending pool; ``None``: all wait.
         pending_searched: (coreset, recurrence) score against the pending rows too (a rare pattern is
             usable while it waits, and so is a defect); otherwise they only collect evidence.
-        knn: (coreset) nearest-item search: ``"exact"`` (the torch reference) or a library index that follows
-            the memory (``"faiss-ivf"``, ``"usearch"``: approximate, faster on a CPU; lemo_edge.knn; needs
-            ``pending_searched=False``); a memory on a GPU always searches exactly (or by the CUDA scorer).
+        knn: (coreset) nearest-item search: ``"exact"`` (the torch reference), ``"int8"`` (default: an int8
+            product shortlists 8 items per patch, ranked by exact float32 distances: recall@3 1.0000, the same
+            Magnetic Tile AUROCs online and mixed, 2.7x faster than exact on a CPU with int8 dot products, exact on
+            one without), ``"bf16"`` (the same with a bfloat16 product: 1.6x), or a library
+            index (``"faiss-ivf"``, ``"usearch"``: approximate, faster still); all follow the memory
+            (lemo_edge.knn) and need ``pending_searched=False``; a memory on a GPU always searches exactly (or by
+            the CUDA scorer).
         adapter: learn the adapter (1x1 CoordConv) online; otherwise it stays at identity.
         steps_per_image: optimiser steps per incoming image (lemo, or coreset with ``adapter``).
         lr_memory: learning rate of the memory items (lemo).
@@ -98,7 +103,7 @@ class ModelConfig:
     pending_ttl: int = 32
     admit_z: float | None = 4.0
     pending_searched: bool = False
-    knn: str = "exact"
+    knn: str = "int8"
     adapter: bool = False
     steps_per_image: int = 1
     lr_memory: float = 1e-2
@@ -172,7 +177,7 @@ class ModelConfig:
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         """Inverse of :meth:`to_dict`; unknown keys raise InputError. A config saved before the library index
         (``ivf_lists``/``ivf_probe``, the hand-written inverted file) loads with ``knn="faiss-ivf"`` for a
-        non-zero ``ivf_lists``, else ``"exact"``."""
+        non-zero ``ivf_lists``, else with the default search (a config file may omit any field)."""
         data = dict(data)
         lists = data.pop("ivf_lists", None)
         data.pop("ivf_probe", None)

@@ -17,6 +17,14 @@ Backends (chosen by ``benchmarks/knn_study.py``, results in ``benchmarks/results
   is built and again whenever the items have doubled since (the memory's warm-up), on that frame.
 * ``"usearch"``: an HNSW graph (``pip install usearch``); recall@3 0.985 (``ef=16``) / 0.999 (``ef=32``).
 * ``"exact"``: the torch reference on the index's own copy of the items (identical results).
+* ``"bf16"``: no library: a bfloat16 matrix product (the items centred on their mean, so that the rounding is
+  relative to the spread of the items, not to their offset) shortlists ``shortlist`` (8) items per query, whose
+  exact float32 distances then rank them. On a CPU with bfloat16 dot products (AVX512-BF16, AMX, Arm BF16) the
+  product costs a third of the float32 one; recall@3 on Magnetic Tile embeddings 1.0000 (a true neighbour is
+  missed only when bfloat16 rounding pushes it below 8 others). Without such a CPU it searches exactly (logged).
+* ``"int8"``: the same with an int8 product (``torch._int_mm``; items scaled once when the copy is built, queries
+  per search, both centred): on a CPU with int8 dot products (AVX-VNNI, AVX512-VNNI, AMX, Arm dotprod) the
+  product costs half the bfloat16 one. Without such a CPU it searches exactly (logged).
 
 An approximate search can only over-estimate a distance (a nearer item may be missed), never under-estimate.
 Below ``min_items`` items every backend searches exactly. All tensors are CPU ``float32``.
@@ -24,6 +32,7 @@ Below ``min_items`` items every backend searches exactly. All tensors are CPU ``
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import dataclass
@@ -33,11 +42,15 @@ import numpy as np
 import torch
 
 from lemo_edge.errors import InputError, MissingDependencyError, describe
-from lemo_edge.scoring import Nearest, nearest_memory
+from lemo_edge.scoring import Nearest, nearest_memory, smallest_k
 
 log = logging.getLogger(__name__)
 
-BACKENDS: tuple[str, ...] = ("faiss-ivf", "usearch", "exact")
+BACKENDS: tuple[str, ...] = ("faiss-ivf", "usearch", "exact", "bf16", "int8")
+SHORTLISTS: dict[str, tuple[torch.dtype, frozenset[str]]] = {  # product dtype, CPU flags that make it fast
+    "bf16": (torch.bfloat16, frozenset({"avx512_bf16", "amx_bf16", "bf16"})),
+    "int8": (torch.int8, frozenset({"avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm"})),
+}
 HINTS: dict[str, tuple[str, str, str]] = {  # backend: (module, distribution, pip hint)
     "faiss-ivf": ("faiss", "faiss-cpu", "pip install 'lemo-edge[knn]'  (or: pip install faiss-cpu)"),
     "usearch": ("usearch.index", "usearch", "pip install 'lemo-edge[knn]'  (or: pip install usearch)"),
@@ -51,6 +64,43 @@ class BackendStatus:
     name: str
     available: bool
     reason: str
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (x86 ``flags``, Arm ``Features``); empty elsewhere."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            text = f.read(65536)
+    except OSError:
+        return set()
+    flags: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            flags.update(line.split(":", 1)[-1].split())
+    return flags
+
+
+def shortlist_in_hardware(backend: str) -> bool:
+    """Whether this CPU has the dot products of a shortlist backend (``bf16``: x86 ``avx512_bf16``/``amx_bf16``,
+    Arm ``bf16``; ``int8``: AVX-VNNI, AVX512-VNNI, AMX, Arm dotprod; and ``torch._int_mm``); Linux only."""
+    if not cpu_flags() & SHORTLISTS[backend][1]:
+        return False
+    return backend != "int8" or _int_mm_runs()
+
+
+@functools.lru_cache(maxsize=1)
+def _int_mm_runs() -> bool:
+    """Whether ``torch._int_mm`` (a private torch API) exists and multiplies int8 matrices on the CPU here."""
+    try:
+        ones = torch.ones(32, 8, dtype=torch.int8)
+        return int(torch._int_mm(ones, ones.T)[0, 0]) == 8
+    except (AttributeError, RuntimeError, TypeError):
+        return False
+
+
+def bf16_matmul_in_hardware() -> bool:
+    """Whether this CPU has bfloat16 dot products (x86 ``avx512_bf16``/``amx_bf16``, Arm ``bf16``); Linux only."""
+    return shortlist_in_hardware("bf16")
 
 
 def _import(backend: str) -> Any:
@@ -69,6 +119,11 @@ def backend_status() -> list[BackendStatus]:
     for name in BACKENDS:
         if name == "exact":
             out.append(BackendStatus(name, True, "torch reference"))
+            continue
+        if name in SHORTLISTS:
+            fast = shortlist_in_hardware(name)
+            out.append(BackendStatus(name, True, f"torch, {name} shortlist" if fast else
+                                     f"torch; no {name} dot products in this CPU: searches exactly"))  # fmt: skip
             continue
         try:
             _import(name)
@@ -152,6 +207,7 @@ class MemoryIndex:
         cell_items: IVF items per cell at :meth:`reset` (faiss-ivf).
         connectivity: HNSW graph degree (usearch).
         expansion_add: HNSW construction breadth (usearch).
+        shortlist: items per query shortlisted by the low-precision product and ranked exactly (bf16, int8).
         min_items: below this many items searches are exact (an index is built when the memory reaches it).
         threads: search threads (0: the library's default); the memory's one frame is one batch of N queries.
         seed: seed of the IVF training.
@@ -173,14 +229,26 @@ class MemoryIndex:
         min_items: int = 2048,
         threads: int = 1,
         seed: int = 0,
+        shortlist: int = 8,
     ) -> None:
         if backend not in BACKENDS:
             raise InputError(f"knn backend: expected one of {list(BACKENDS)}, got {backend!r}")
-        for name, value in (("ef", ef), ("probe", probe), ("cell_items", cell_items), ("connectivity", connectivity)):
+        checked = (("ef", ef), ("probe", probe), ("cell_items", cell_items), ("connectivity", connectivity),
+                   ("shortlist", shortlist))  # fmt: skip
+        for name, value in checked:
             if value < 1:
                 raise InputError(f"knn {name}: expected >= 1, got {value}")
-        if backend != "exact":
+        if backend in HINTS:
             _import(backend)  # fail now, with the hint, not at the first search
+        self.shortlist = shortlist
+        self._shortlisted = backend in SHORTLISTS and shortlist_in_hardware(backend)
+        if backend in SHORTLISTS and not self._shortlisted:
+            log.info("knn: no %s dot products in this CPU: the %s backend searches exactly", backend, backend)
+        self._dtype = SHORTLISTS[backend][0] if backend in SHORTLISTS else torch.bfloat16
+        self._low = torch.zeros(0, 0, dtype=self._dtype)  # shortlists: (rows - centre) [/ scale], the bank's order
+        self._low_sq = torch.zeros(0)  # shortlists: squared norms of the centred float32 rows
+        self._scale = 1.0  # int8: the items' quantisation step
+        self._centre = torch.zeros(0)
         self.backend = backend
         self.ef, self.probe, self.cell_items = ef, probe, cell_items
         self.connectivity, self.expansion_add = connectivity, expansion_add
@@ -198,6 +266,8 @@ class MemoryIndex:
     @property
     def exact(self) -> bool:
         """Whether searches are the exact reference (the ``exact`` backend, or fewer than ``min_items`` items)."""
+        if self.backend in SHORTLISTS:
+            return not self._shortlisted or self._centre.numel() == 0
         return self.backend == "exact" or self._library is None
 
     @property
@@ -220,6 +290,7 @@ class MemoryIndex:
         self._free = []
         self._library = None
         self._built_at = 0
+        self._centre = torch.zeros(0)
         self._append(rows)
         self._maybe_build()
 
@@ -229,6 +300,10 @@ class MemoryIndex:
         if self._bank.shape[1] == 0:
             self._bank = torch.zeros(max(16, rows.shape[0]), rows.shape[1])
         labels = self._append(rows)
+        if self.backend in SHORTLISTS:  # no library: the low-precision copy follows in _append once it exists
+            if not self._centre.numel():
+                self._maybe_build()
+            return
         if self._library is not None and not (self.backend == "faiss-ivf" and self._n >= 2 * self._built_at):
             self._library.add(rows.numpy(), labels)
         else:
@@ -254,6 +329,9 @@ class MemoryIndex:
         kept = torch.from_numpy(np.flatnonzero(keep))
         m = int(kept.numel())
         self._bank[:m] = self._bank[: self._n].index_select(0, kept)
+        if self._centre.numel():
+            self._low[:m] = self._low[: self._n].index_select(0, kept)
+            self._low_sq[:m] = self._low_sq[: self._n].index_select(0, kept)
         self._n = m
         self._labels = self._labels[keep]
         self._rows[gone] = -1
@@ -267,6 +345,8 @@ class MemoryIndex:
             grown[: self._n] = self._bank[: self._n]
             self._bank = grown
         self._bank[self._n : self._n + m] = rows
+        if self._centre.numel():
+            self._write_low(self._n, rows)
         reused = [self._free.pop() for _ in range(min(m, len(self._free)))]
         start = self._rows.shape[0]
         labels = np.concatenate([np.asarray(reused, np.int64), np.arange(start, start + m - len(reused))])
@@ -277,8 +357,29 @@ class MemoryIndex:
         self._n += m
         return labels
 
+    def _write_low(self, start: int, rows: torch.Tensor) -> None:
+        """The low-precision copy of ``rows`` at row ``start`` (grown with the bank)."""
+        if self._low.shape[0] < self._bank.shape[0]:
+            grown = torch.zeros(self._bank.shape[0], self._bank.shape[1], dtype=self._dtype)
+            grown[: self._low.shape[0]] = self._low
+            grown_sq = torch.zeros(self._bank.shape[0])
+            grown_sq[: self._low_sq.shape[0]] = self._low_sq
+            self._low, self._low_sq = grown, grown_sq
+        centred = rows - self._centre
+        self._low[start : start + rows.shape[0]] = _quantise(centred, self._scale, self._dtype)
+        self._low_sq[start : start + rows.shape[0]] = (centred * centred).sum(1)
+
     def _maybe_build(self) -> None:
         if self.backend == "exact" or self._n < max(1, self.min_items):
+            return
+        if self.backend in SHORTLISTS:
+            if self._shortlisted:
+                self._centre = self.items.mean(0)
+                # int8: later items beyond the range saturate (only their shortlist rank can suffer)
+                self._scale = max(float((self.items - self._centre).abs().max()), 1e-12) / 127.0
+                self._low = torch.zeros(0, self._bank.shape[1], dtype=self._dtype)
+                self._low_sq = torch.zeros(0)
+                self._write_low(0, self.items)
             return
         items = self.items.numpy()
         library: _Library
@@ -322,6 +423,8 @@ class MemoryIndex:
             raise InputError(f"knn search: expected 1 <= k <= n={self._n}, got k={k}")
         if self.exact:
             return _exact_topk(z, self.items, k)
+        if self.backend in SHORTLISTS:
+            return self._shortlist_topk(z.detach().float(), k)
         assert self._library is not None  # not exact: built
         queries = np.ascontiguousarray(z.detach().float().numpy())
         d2, labels = self._library.search(queries, k, self.threads)
@@ -336,6 +439,38 @@ class MemoryIndex:
             which = torch.nonzero(bad).flatten()
             out_d[which], out_r[which] = _exact_topk(z[which], self.items, k)
         return out_d, out_r
+
+    def _shortlist_topk(self, z: torch.Tensor, k: int, block: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``max(k, shortlist)`` nearest rows by the low-precision product, ranked by exact float32 distances."""
+        n = self._n
+        low, low_sq, bank = self._low[:n], self._low_sq[:n], self._bank[:n]
+        short = min(n, max(k, self.shortlist))
+        centred = z - self._centre
+        bias = low_sq
+        if self._dtype == torch.int8:
+            step = max(float(centred.abs().max()), 1e-12) / 127.0  # the queries' quantisation step
+            queries = _quantise(centred, step, torch.int8)
+            # ranked in units of the int8 product: ||m - c||^2 / (2 step scale) - q.m, all in int32 (no float pass;
+            # the bias rounds by half a unit; clamped far below int32 overflow)
+            unit = 2.0 * step * self._scale
+            bias = (low_sq.double() / unit).round_().clamp_(-(2**30), 2**30).to(torch.int32)
+        else:
+            queries = centred.to(self._dtype)
+        dists, rows = [], []
+        for start in range(0, z.shape[0], block):
+            # ||m - c||^2 - 2 (z - c).(m - c): the squared distance less ||z - c||^2, which ranks the same
+            part = queries[start : start + block]
+            if self._dtype == torch.int8:
+                partial = torch._int_mm(part, low.T)
+                torch.sub(bias, partial, out=partial)
+            else:
+                partial = torch.add(bias, torch.mm(part, low.T).float(), alpha=-2.0)
+            _, candidates = smallest_k(partial, short)  # (b, short)
+            diff = bank[candidates] - z[start : start + block, None, :]
+            best, order = (diff * diff).sum(2).topk(k, dim=1, largest=False)
+            dists.append(best.sqrt_())
+            rows.append(candidates.gather(1, order))
+        return torch.cat(dists), torch.cat(rows)
 
     def search(self, z: torch.Tensor, k: int) -> Nearest:
         """What :func:`lemo_edge.scoring.nearest_memory` returns for ``z (N, D) float cpu`` and the current items.
@@ -372,6 +507,13 @@ class MemoryIndex:
         return float(hits.double().mean() / k)
 
 
+def _quantise(rows: torch.Tensor, step: float, dtype: torch.dtype) -> torch.Tensor:
+    """``rows`` in ``dtype``: bfloat16 by rounding; int8 as ``round(rows / step)`` clamped to [-127, 127]."""
+    if dtype != torch.int8:
+        return rows.to(dtype)
+    return (rows / step).round_().clamp_(-127, 127).to(torch.int8)
+
+
 def _exact_topk(z: torch.Tensor, items: torch.Tensor, k: int, block: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact ``k`` nearest distances ``(N, k) float32`` and rows ``(N, k) int64`` (the reference's arithmetic)."""
     z = z.float()
@@ -380,7 +522,7 @@ def _exact_topk(z: torch.Tensor, items: torch.Tensor, k: int, block: int = 256) 
     for start in range(0, z.shape[0], block):
         part = z[start : start + block]
         partial = torch.addmm(items_sq, part, items.T, alpha=-2.0)
-        best, order = partial.topk(k, dim=1, largest=False)
+        best, order = smallest_k(partial, k)
         dists.append((best + (part * part).sum(1, keepdim=True)).clamp_min_(0.0).sqrt_())
         rows.append(order)
     return torch.cat(dists), torch.cat(rows)

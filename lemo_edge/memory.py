@@ -422,22 +422,23 @@ def farthest_first(z: torch.Tensor, nearest: torch.Tensor | None, steps: int, ra
     if count == 0:
         return candidates[:0]
     cz = z[candidates].float()
-    picks = torch.empty(count, dtype=torch.int64, device=z.device)
-    picked = torch.empty(count, dtype=torch.float32, device=z.device)
+    picks: list[torch.Tensor] = []  # 0-d tensors, stacked once at the end (fewer dispatches per step)
+    picked: list[torch.Tensor] = []
     if nearest is None:  # an empty memory: the first patch is the one farthest from the image's mean patch
-        first = (cz - cz.mean(0)).norm(dim=1).argmax().view(1)
-        picks[0], picked[0] = first[0], math.inf
-        dist, start = (cz - cz.index_select(0, first)).norm(dim=1), 1
+        first = (cz - cz.mean(0)).norm(dim=1).argmax()
+        picks.append(first)
+        picked.append(torch.tensor(math.inf, device=z.device))
+        dist = torch.linalg.vector_norm(cz - cz[first], dim=1)
     else:
-        dist, start = nearest.float()[candidates], 0
-    for step in range(start, count):
-        best = dist.max(dim=0)
-        picks[step] = best.indices
-        picked[step] = best.values
-        dist = torch.minimum(dist, (cz - cz.index_select(0, best.indices.view(1))).norm(dim=1))
+        dist = nearest.float()[candidates]
+    for _ in range(len(picks), count):
+        value, index = dist.max(dim=0)
+        picks.append(index)
+        picked.append(value)
+        torch.minimum(dist, torch.linalg.vector_norm(cz - cz[index], dim=1), out=dist)
     # the chosen distances never increase: the valid picks are a prefix
-    valid = int((picked > radius).sum())
-    return candidates[picks[:valid]]
+    valid = int((torch.stack(picked) > radius).sum())
+    return candidates[torch.stack(picks)[:valid]]
 
 
 def nearest_other(

@@ -22,6 +22,12 @@ from lemo_edge.errors import InputError, describe
 # docs/method.md section 7).
 _BLOCK_ROWS = 256
 
+# Columns per group of the top-k selection (:func:`smallest_k`): the k smallest values of a row lie in the k
+# groups with the smallest minima, so a cheap per-group minimum, a top-k over the groups and a top-k over
+# their k * 128 columns replace a top-k over all K columns (same values; measured 12 -> 4 ms per 1024 x 7168
+# block of distances, docs/method.md section 7).
+_GROUP_COLS = 128
+
 
 class Nearest(NamedTuple):
     """Per-patch result of :func:`nearest_memory`.
@@ -64,6 +70,40 @@ def squared_distances(z: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
     return d2.clamp_min_(0.0)
 
 
+def smallest_k(values: torch.Tensor, k: int, group: int = _GROUP_COLS) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` smallest values of each row and their columns, ascending: what ``values.topk(k, largest=False)``
+    returns (the same values; among equal values another column may be named).
+
+    The first ``g * group`` columns are split into ``g`` groups of ``group``; the ``k`` smallest values of a row
+    among them lie in the ``k`` groups with the smallest minima (a group holding one of them has a minimum no
+    larger than it, and fewer than ``k`` other groups can have a smaller one), so only those groups' columns and
+    the ``< group`` columns after them are searched.
+
+    Args:
+        values: ``(B, K) float`` (contiguous rows).
+        k: ``1 <= k <= K``.
+        group: columns per group.
+
+    Returns:
+        ``(B, k)`` values (``values``' dtype) and ``(B, k) int64`` columns.
+    """
+    rows, cols = values.shape
+    groups = cols // group
+    if k == 1:
+        return values.min(dim=1, keepdim=True)
+    if groups <= 2 * k:  # too few groups to skip any: the plain top-k
+        return values.topk(k, dim=1, largest=False)
+    head = values[:, : groups * group]
+    chosen = head.reshape(rows, groups, group).amin(2).topk(k, dim=1, largest=False).indices  # (B, k)
+    offsets = torch.arange(group, device=values.device)
+    columns = (chosen[:, :, None] * group + offsets).reshape(rows, k * group)
+    if cols > groups * group:  # the last, partial group is searched for every row
+        tail = torch.arange(groups * group, cols, device=values.device).expand(rows, -1)
+        columns = torch.cat([columns, tail], dim=1)
+    best, where = values.gather(1, columns).topk(k, dim=1, largest=False)
+    return best, columns.gather(1, where)
+
+
 def nearest_memory(z: torch.Tensor, memory: torch.Tensor, k: int = 1) -> Nearest:
     """Distance of each patch embedding to its nearest memory items.
 
@@ -91,7 +131,7 @@ def nearest_memory(z: torch.Tensor, memory: torch.Tensor, k: int = 1) -> Nearest
     for start in range(0, z.shape[0], _BLOCK_ROWS):
         rows = z[start : start + _BLOCK_ROWS]
         partial = torch.addmm(memory_sq, rows, memory.T, alpha=-2.0)
-        best, order = partial.topk(k, dim=1, largest=False) if k > 1 else partial.min(dim=1, keepdim=True)
+        best, order = smallest_k(partial, k)
         root = (best + (rows * rows).sum(1, keepdim=True)).clamp_min_(0.0).sqrt_()
         scores.append(root.mean(1))
         if k > 1:

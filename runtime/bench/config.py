@@ -16,6 +16,9 @@ TARGET_FRAME_MS = 20.0
 TARGET_LEMO_VS_PATCHCORE = 3.0
 """Target ratio of a PatchCore frame's p50 to a LeMO frame's p50."""
 
+TARGET_K_SCALING = (32768, 8192, 2.0)
+"""Frame p50 at the first K at most the last number times the frame p50 at the second K (default top-k)."""
+
 
 def size_hw(size: int | tuple[int, int]) -> tuple[int, int]:
     """``(H, W)`` of a bench size (a side or ``(H, W)``)."""

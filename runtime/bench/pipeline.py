@@ -257,7 +257,7 @@ def index_search(k: int, backend: str = "faiss-ivf") -> MatrixScorer:
     Its pipelines are built with ``knn=backend`` and no scorer, so ``memory.search`` answers through the
     index, which follows the memory's insertions and merges.
     """
-    return MatrixScorer("knn", None, k, f"{backend} index (lemo_edge.knn), k={k}", {"knn": backend})
+    return MatrixScorer("knn", None, k, f"knn={backend} (lemo_edge.knn), k={k}", {"knn": backend})
 
 
 def build_patchcore_bank(config: BenchConfig, pipe: FramePipeline) -> tuple[torch.Tensor, dict[str, Any]]:

@@ -93,6 +93,13 @@ def markdown_report(result: Mapping[str, Any]) -> str:
             f"- LeMO vs PatchCore, per frame at equal backbone: **{pc['measured']:.2f}x** "
             f"(target >= {TARGET_LEMO_VS_PATCHCORE:g}x: {'met' if pc['met'] else 'not met'})."
         )
+    scaling = t.get("k_scaling")
+    if scaling and scaling["measured"] is not None:
+        lines.append(
+            f"- Frame at K={scaling['k']} / frame at K={scaling['of_k']} (top-{scaling['score_k']}, one K after the "
+            f"other): **{scaling['measured']:.2f}x** (target <= {scaling['target']:g}x: "
+            f"{'met' if scaling['met'] else 'not met'})."
+        )
     lines += ["", "## Stages (p50 / p99 ms)", ""]
     columns = [
         "backend",

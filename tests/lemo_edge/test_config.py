@@ -31,7 +31,7 @@ OUT_OF_RANGE: list[tuple[str, object, str]] = [
     ("confirm_images", 0, "an integer >= 1"),
     ("pending_ttl", 0, "an integer >= 1"),
     ("admit_z", math.inf, "null or a finite number"),
-    ("knn", "ivf", "one of ['exact', 'faiss-ivf', 'usearch']"),
+    ("knn", "ivf", "one of ['exact', 'faiss-ivf', 'usearch', 'bf16', 'int8']"),
     ("steps_per_image", 0, "an integer >= 1"),
     ("lr_memory", -1e-3, "a finite number >= 0"),
     ("lr_adapter", -1e-3, "a finite number >= 0"),
@@ -142,7 +142,7 @@ def test_a_library_index_needs_an_unsearched_pool_and_old_ivf_configs_still_load
     saved = {**ModelConfig().to_dict(), "ivf_lists": 64, "ivf_probe": 8}
     del saved["knn"]
     assert ModelConfig.from_dict(saved).knn == "faiss-ivf"
-    assert ModelConfig.from_dict({**saved, "ivf_lists": 0}).knn == "exact"
+    assert ModelConfig.from_dict({**saved, "ivf_lists": 0}).knn == ModelConfig().knn  # omitted: the default
 
 
 def test_extra_must_be_a_dict_with_string_keys():

@@ -8,10 +8,21 @@ import pytest
 import torch
 
 from lemo_edge.errors import InputError, MissingDependencyError
-from lemo_edge.knn import BACKENDS, MemoryIndex, available_backends, backend_status
+from lemo_edge.knn import (
+    BACKENDS,
+    HINTS,
+    SHORTLISTS,
+    MemoryIndex,
+    available_backends,
+    backend_status,
+    shortlist_in_hardware,
+)
 from lemo_edge.scoring import nearest_memory
 
 APPROX = [b for b in BACKENDS if b != "exact"]
+LIBRARIES = [b for b in BACKENDS if b in HINTS]  # backends that need a library
+SHORT = [pytest.param(b, marks=pytest.mark.skipif(not shortlist_in_hardware(b), reason=f"no {b} dot products in this "
+         f"CPU (the {b} backend searches exactly)")) for b in SHORTLISTS]  # fmt: skip
 
 
 def _clustered(n: int, d: int = 32, seed: int = 0) -> torch.Tensor:
@@ -57,7 +68,7 @@ def test_rows_follow_appends_and_merges(backend: str) -> None:
     index = _index(backend, ef=64, probe=64)
     items = _clustered(1200)
     index.reset(items)
-    assert not index.exact or backend == "exact"
+    assert not index.exact or backend == "exact" or (backend in SHORTLISTS and not shortlist_in_hardware(backend))
     g = torch.Generator().manual_seed(3)
     for step in range(6):
         new = _clustered(64, seed=10 + step)
@@ -122,7 +133,7 @@ def test_boundary_errors() -> None:
         MemoryIndex("exact", ef=0)
 
 
-@pytest.mark.parametrize("backend", APPROX)
+@pytest.mark.parametrize("backend", LIBRARIES)
 def test_missing_library_raises_with_hint(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import builtins
 
@@ -143,7 +154,9 @@ def test_missing_library_raises_with_hint(backend: str, monkeypatch: pytest.Monk
 
 def test_status_lists_installed_versions() -> None:
     for s in backend_status():
-        module = {"usearch": "usearch", "faiss-ivf": "faiss", "exact": "torch"}[s.name]
+        module = {"usearch": "usearch", "faiss-ivf": "faiss", "exact": "torch", "bf16": "torch", "int8": "torch"}[
+            s.name
+        ]
         assert s.available == (importlib.util.find_spec(module) is not None)
 
 
@@ -157,3 +170,63 @@ def test_ivf_retrains_when_items_doubled() -> None:
     index.add(_clustered(200, seed=2))
     assert index._library is not first and index._built_at == 700  # doubled: cells trained again
     assert index.recall_at_k(_clustered(200, seed=3), k=3) >= 0.9
+
+
+@pytest.mark.parametrize("backend", SHORT)
+def test_shortlist_recall_and_exact_distances(backend: str) -> None:
+    """A shortlist backend's distances are exact float32 distances of real rows; recall@3 is reported."""
+    items, z = _clustered(5000, d=152), _clustered(1024, d=152, seed=7)
+    index = MemoryIndex(backend, min_items=256)
+    index.reset(items)
+    assert not index.exact
+    dist, rows = index.search_topk(z, 3)
+    assert torch.allclose(dist, (items[rows] - z[:, None, :]).norm(dim=2), atol=1e-4)  # exact distances of rows
+    ref = nearest_memory(z, items, 3)
+    recall = index.recall_at_k(z, items, 3)
+    print(f"{backend} shortlist 8: recall@3 {recall:.4f}")
+    assert recall >= 0.99
+    assert bool((index.search(z, 3).score >= ref.score - 1e-3).all())
+    assert float((index.search(z, 3).score - ref.score).abs().max()) < 0.01 * float(ref.score.mean())
+
+
+@pytest.mark.parametrize("backend", SHORT)
+def test_shortlist_copy_follows_appends_and_merges(backend: str) -> None:
+    index = MemoryIndex(backend, min_items=256)
+    items = _clustered(300)
+    index.add(items)
+    centre = index._centre.clone()
+    assert torch.allclose(centre, items.mean(0))
+    g = torch.Generator().manual_seed(5)
+    for step in range(5):
+        new = _clustered(64, seed=20 + step)
+        index.add(new)
+        items = torch.cat([items, new])
+        drop = torch.randperm(items.shape[0], generator=g)[:50]
+        index.remove(drop)
+        keep = torch.ones(items.shape[0], dtype=torch.bool)
+        keep[drop] = False
+        items = items[keep]
+    n = items.shape[0]
+    assert torch.equal(index.items, items) and torch.equal(index._centre, centre)  # the centre stays
+    if backend == "int8":
+        low = ((items - centre) / index._scale).round().clamp(-127, 127).to(torch.int8)
+    else:
+        low = (items - centre).to(torch.bfloat16)
+    assert torch.equal(index._low[:n], low)
+    assert torch.allclose(index._low_sq[:n], ((items - centre) ** 2).sum(1))
+    found = index.search(items[:100], 1)
+    assert torch.equal(found.index, torch.arange(100))
+
+
+@pytest.mark.parametrize("backend", list(SHORTLISTS))
+def test_shortlist_without_hardware_searches_exactly(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import lemo_edge.knn as knn
+
+    monkeypatch.setattr(knn, "cpu_flags", lambda: set())
+    items, z = _clustered(600), _clustered(100, seed=1)
+    index = knn.MemoryIndex(backend, min_items=256)
+    index.reset(items)
+    assert index.exact
+    got, ref = index.search(z, 3), nearest_memory(z, items, 3)
+    assert torch.equal(got.index, ref.index) and torch.equal(got.score, ref.score)
+    assert "searches exactly" in {s.name: s for s in knn.backend_status()}[backend].reason

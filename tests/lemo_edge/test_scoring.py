@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lemo_edge.errors import InputError
-from lemo_edge.scoring import anomaly_map, gaussian_kernel1d, image_scores, nearest_memory
+from lemo_edge.scoring import anomaly_map, gaussian_kernel1d, image_scores, nearest_memory, smallest_k
 
 
 def test_patch_equal_to_memory_item_scores_zero():
@@ -27,6 +27,32 @@ def test_matches_brute_force_and_topk_mean():
     assert torch.equal(out.index, d.argmin(1))
     out3 = nearest_memory(z, memory, k=3)
     assert torch.allclose(out3.score, d.topk(3, largest=False).values.mean(1), atol=1e-4)
+
+
+@pytest.mark.parametrize("cols", [7, 64, 200, 1000, 1024 + 77])
+@pytest.mark.parametrize("k", [1, 3, 8])
+def test_smallest_k_is_topk(cols: int, k: int):
+    """The grouped selection returns what a top-k over all columns returns (no ties in continuous data)."""
+    if k > cols:
+        pytest.skip("k > columns")
+    g = torch.Generator().manual_seed(cols + k)
+    values = torch.randn(50, cols, generator=g)
+    values[3, -1] = -100.0  # a minimum in the partial last group
+    values[4, :k] = -50.0 - torch.arange(k)  # all of a row's k smallest in its first group
+    best, where = smallest_k(values, k, group=16)
+    ref = values.topk(k, dim=1, largest=False)
+    assert torch.equal(best, ref.values) and torch.equal(where, ref.indices)
+
+
+def test_nearest_memory_is_the_full_topk():
+    """The reference's grouped selection changes nothing: the k smallest of the full distance matrix."""
+    g = torch.Generator().manual_seed(1)
+    z, memory = torch.randn(300, 16, generator=g), torch.randn(3000, 16, generator=g)
+    d = torch.cdist(z, memory)
+    top = d.topk(3, largest=False)
+    out = nearest_memory(z, memory, k=3)
+    assert torch.equal(out.index, top.indices[:, 0])
+    assert torch.allclose(out.score, top.values.mean(1), atol=1e-4)
 
 
 def test_nearest_memory_checks_shapes():

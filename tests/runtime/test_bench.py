@@ -442,3 +442,39 @@ def test_tiny_bench_at_a_non_square_size_names_it_h_by_w(tmp_path: Path) -> None
     assert result["scale"]["n_patches"] == 8 * 12 and "at 64x96" in result["frame_p50_doc"]
     files = bench.write_results(result, tmp_path / "results", None, plots=False)
     assert "at 64x96" in files["markdown"].read_text(encoding="utf-8")
+
+
+def test_primary_column_is_the_configs_own_search() -> None:
+    """frame_p50_ms and the ratios time the search the config names: the index's column, else the reference."""
+    from lemo_edge.runtime.bench.run import _scorers, primary_scorer
+
+    cpu = torch.device("cpu")
+    config = BenchConfig(model=ModelConfig(knn="bf16"))
+    scorers, status = _scorers(config, cpu)
+    assert primary_scorer(config, scorers) == "knn"
+    assert scorers["knn"].scorer is None and scorers["knn"].config_changes == {"knn": "bf16"}
+    assert "bf16" in status["knn"]
+    exact = BenchConfig(model=ModelConfig(knn="exact"))
+    scorers, _ = _scorers(exact, cpu)
+    assert primary_scorer(exact, scorers) == "torch"
+
+
+def test_targets_state_the_k_scaling() -> None:
+    """Frame at K=32768 over frame at K=8192 (the config's top-k) against its target of at most 2x."""
+    from lemo_edge.runtime.bench.run import _targets
+
+    rows = [
+        {"k": k, "score_k": top, "frame_p50_ms": ms}
+        for k, top, ms in ((8192, 3, 30.0), (32768, 3, 75.0), (8192, 1, 10.0), (32768, 1, 15.0))
+    ]
+    result = {
+        "frame_p50_ms": 30.0,
+        "frame_p50_backend": "onnxruntime",
+        "config": {"model": {"memory_size": 8192, "score_k": 3}},
+        "scale": {"frame_vs_k": rows},
+        "ratios": {"lemo_vs_patchcore_frame": 2.0},
+    }
+    scaling = _targets(result)["k_scaling"]
+    assert scaling["measured"] == pytest.approx(2.5) and scaling["score_k"] == 3 and not scaling["met"]
+    result["scale"]["frame_vs_k"] = rows[:1]
+    assert _targets(result)["k_scaling"]["measured"] is None
