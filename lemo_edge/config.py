@@ -134,6 +134,11 @@ class ModelConfig:
             raise InputError(f"extra: expected a dict with string keys, got {self.extra!r}")
 
     @property
+    def input_hw(self) -> tuple[int, int]:
+        """``(height, width)`` of the model input in pixels."""
+        return (self.size, self.size)
+
+    @property
     def pending_rows(self) -> int:
         """Rows of K the pending pool holds (``pending_size``, or K / 8 when it is 0; 0 without recurrence)."""
         if self.method != "coreset" or self.admission != "recurrence":
