@@ -3,6 +3,11 @@
 The backbone is frozen, so each image's features are computed once per run: test features are
 cached (float16) and every checkpoint re-scores them with the current adapter and memory.
 Baselines are scored on the same features by the same reference scorer.
+
+With tiles (``tiling``, :mod:`lemo_edge.tiling`) each image is encoded as its tiles ``(T, D, h, w)``, the stream
+steps the :class:`~lemo_edge.inspector.Inspector` with them (one decision per image), maps are the stitched
+maps of the region of interest at full resolution, and masks are cropped to it; the baselines, which score
+one square input per image, are not run.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from lemo_edge.inspector import Inspector
 from lemo_edge.memory import CoresetMemory
 from lemo_edge.model import LemoModel
 from lemo_edge.scoring import anomaly_map, image_scores, nearest_memory
+from lemo_edge.tiling import Tiler, TileSpec
 from lemo_edge.updater import OnlineUpdater
 
 log = logging.getLogger(__name__)
@@ -45,11 +51,12 @@ class Encoded:
     """Backbone features of a list of images, computed once.
 
     Attributes:
-        features: ``(N, D, h, w) float16`` cpu.
+        features: ``(N, D, h, w) float16`` cpu; with tiles ``(N, T, D, h, w)`` (each image's tiles).
         labels: ``(N,) int64`` 0 normal, 1 defect.
-        masks: ``(N, S, S) uint8`` pixel masks (zeros for normal images).
+        masks: ``(N, S, S) uint8`` pixel masks (zeros for normal images); with tiles ``(N, roi_h, roi_w)``.
         names: image names.
-        images: ``{index: (S, S, 3) uint8}`` kept for the report grid.
+        images: ``{index: (S, S, 3) uint8}`` kept for the report grid (with tiles: the ROI).
+        cells: with tiles, ``(N, T * h * w) bool`` defect patches of the tiles (:func:`defect_patches`); else None.
     """
 
     features: torch.Tensor
@@ -57,6 +64,12 @@ class Encoded:
     masks: np.ndarray
     names: list[str]
     images: dict[int, np.ndarray] = field(default_factory=dict)
+    cells: np.ndarray | None = None
+
+    def frame(self, index: int) -> torch.Tensor:
+        """Image ``index``'s features as the Inspector takes them: ``(1, D, h, w)`` or ``(T, D, h, w)`` float16."""
+        rows = self.features[index]
+        return rows[None] if rows.ndim == 3 else rows
 
 
 def image_tensor(image: np.ndarray) -> torch.Tensor:
@@ -64,27 +77,63 @@ def image_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
 
 
-def encode(items: Sequence[Any], extract: Extract, size: int, desc: str, keep: Sequence[int] = ()) -> Encoded:
-    """Load, resize and encode ``items`` (objects with ``.load() -> Sample``) one by one."""
-    feats, labels, masks, names, images = [], [], [], [], {}
+def encode(
+    items: Sequence[Any],
+    extract: Extract,
+    size: int,
+    desc: str,
+    keep: Sequence[int] = (),
+    tiler: Callable[[tuple[int, int]], Tiler] | None = None,
+) -> Encoded:
+    """Load, resize and encode ``items`` (objects with ``.load() -> Sample``) one by one.
+
+    Args:
+        tiler: with tiles, gives the :class:`~lemo_edge.tiling.Tiler` of an image size ``(H, W)``; each image is
+            then cut into its tiles (no resize) and its mask cropped to the region of interest.
+    """
+    feats, labels, masks, names, images, cells = [], [], [], [], {}, []
     keep_set = set(keep)
     for i, item in enumerate(tqdm(items, desc=desc, unit="img", leave=False, disable=None)):
-        sample = resize_sample(item.load(), (size, size))
-        with torch.no_grad():
-            feats.append(extract(image_tensor(sample.image))[0].to("cpu", torch.float16))
+        sample = item.load()
+        if tiler is None:
+            sample = resize_sample(sample, (size, size))
+            mask = sample.mask if sample.mask is not None else np.zeros((size, size), np.uint8)
+            with torch.no_grad():
+                feats.append(extract(image_tensor(sample.image))[0].to("cpu", torch.float16))
+            image = sample.image
+        else:
+            cutter = tiler(sample.image.shape[:2])
+            x, y, w, h = cutter.layout.roi
+            full = sample.mask if sample.mask is not None else np.zeros(sample.image.shape[:2], np.uint8)
+            with torch.no_grad():
+                tiles = extract(cutter.cut(sample.image)).to("cpu", torch.float16)
+            feats.append(tiles)
+            cells.append(defect_patches(cutter.cut_mask(full), (tiles.shape[2], tiles.shape[3])).reshape(-1))
+            mask, image = full[y : y + h, x : x + w], sample.image[y : y + h, x : x + w]
         labels.append(sample.label)
-        masks.append(sample.mask if sample.mask is not None else np.zeros((size, size), np.uint8))
+        masks.append(mask)
         names.append(sample.name)
         if i in keep_set:
-            images[i] = sample.image
-    return Encoded(torch.stack(feats), np.asarray(labels, np.int64), np.stack(masks).astype(np.uint8), names, images)
+            images[i] = image
+    return Encoded(
+        torch.stack(feats),
+        np.asarray(labels, np.int64),
+        np.stack(masks).astype(np.uint8),
+        names,
+        images,
+        np.stack(cells) if cells else None,
+    )
 
 
 def score_model(inspector: Inspector, features: torch.Tensor, batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """Maps ``(N, S, S) float32`` and image scores ``(N,) float32`` of cached features ``(N, D, h, w)``."""
+    """Maps ``(N, S, S) float32`` and image scores ``(N,) float32`` of cached features ``(N, D, h, w)``
+    (with tiles ``(N, T, D, h, w)``: the stitched maps ``(N, roi_h, roi_w)``, one image at a time)."""
     maps, scores = [], []
+    tiled = features.ndim == 5
+    batch = 1 if tiled else batch
     for start in range(0, features.shape[0], batch):
-        m, s = inspector.score(features[start : start + batch].to(inspector.device, torch.float32))
+        rows = features[start : start + batch].flatten(0, 1) if tiled else features[start : start + batch]
+        m, s = inspector.score(rows.to(inspector.device, torch.float32))
         maps.append(m.cpu().numpy())
         scores.append(s.cpu().numpy())
     return np.concatenate(maps), np.concatenate(scores)
@@ -170,7 +219,11 @@ def subset(test: Encoded, fraction: float, seed: int) -> Encoded:
         keep.extend(rng.choice(idx, size=min(idx.size, max(2, round(fraction * idx.size))), replace=False))
     rows = np.sort(np.asarray(keep, dtype=np.int64))
     return Encoded(
-        test.features[torch.from_numpy(rows)], test.labels[rows], test.masks[rows], [test.names[i] for i in rows]
+        test.features[torch.from_numpy(rows)],
+        test.labels[rows],
+        test.masks[rows],
+        [test.names[i] for i in rows],
+        cells=test.cells[rows] if test.cells is not None else None,
     )
 
 
@@ -205,6 +258,8 @@ class Evaluator:
         fewshot: score the few-shot checkpoints of the online protocol.
         cache: encoded features shared between evaluators of one dataset.
         defect_fraction: (mixed) share of defects in the stream; ``None``: all even-position defects.
+        tiling: cut images into tiles / inspect a region of interest (:class:`~lemo_edge.tiling.TileSpec`); the
+            layout is fixed by the first image's size; the baselines are then not run.
     """
 
     def __init__(
@@ -218,6 +273,7 @@ class Evaluator:
         fewshot: bool = True,
         cache: dict[tuple[Any, ...], Encoded] | None = None,
         defect_fraction: float | None = None,
+        tiling: TileSpec | None = None,
     ) -> None:
         unknown = sorted(set(baselines) - set(BASELINES))
         if unknown:
@@ -234,12 +290,28 @@ class Evaluator:
         self.defect_fraction = defect_fraction
         self.cache = cache if cache is not None else {}
         self.timings: dict[str, float] = {}
+        self.tiling = tiling if tiling is not None and tiling.active else None
+        self.tiler: Tiler | None = None
+        if self.tiling is not None and self.baselines:
+            log.warning("baselines %s: not run with tiles or a region of interest", list(self.baselines))
+            self.baselines = ()
+
+    def _tiler(self, frame_hw: tuple[int, int]) -> Tiler:
+        """The tiler of the first image's size; images of another size are refused by it (InputError)."""
+        if self.tiler is None:
+            assert self.tiling is not None
+            self.tiler = Tiler(self.tiling.layout(frame_hw), self.config.input_hw)
+        return self.tiler
+
+    def _inspector(self, updater: OnlineUpdater) -> Inspector:
+        return Inspector(updater, tiler=self.tiler)
 
     def _encoded(self, split: str, items: list[Any], size: int, keep: Sequence[int] = ()) -> Encoded:
         """Encode ``items`` once per (split, size, backbone); later runs reuse ``self.cache``."""
-        key = (self.data.name, split, size, self.config.backbone)
+        key = (self.data.name, split, size, self.config.backbone, self.tiling)
         if key not in self.cache:
-            self.cache[key] = encode(items, self.extract, size, f"encode {split}", keep=keep)
+            tiler = self._tiler if self.tiling is not None else None
+            self.cache[key] = encode(items, self.extract, size, f"encode {split}", keep=keep, tiler=tiler)
         return self.cache[key]
 
     def _order(self, n: int) -> list[int]:
@@ -287,7 +359,7 @@ class Evaluator:
         self.timings["encode_test_s"] = time.perf_counter() - t
         model = LemoModel(self.config, self.spec)
         updater = OnlineUpdater(model)
-        inspector = Inspector(updater)
+        inspector = self._inspector(updater)
         order = self._order(len(self.data.train_good))
         checkpoints = set(checkpoints_for(len(order))) if self.fewshot and epochs == 1 else {len(order)}
         fewshot_test = subset(test, FEWSHOT_FRACTION, self.seed)
@@ -301,7 +373,7 @@ class Evaluator:
             for step, idx in enumerate(
                 tqdm(order, desc=f"stream (epoch {epoch + 1})", unit="img", leave=False, disable=None), 1
             ):
-                feats = train.features[idx : idx + 1].float()
+                feats = train.frame(idx).float()
                 t_learn = time.perf_counter()
                 inspector.step(feats, force=not gated)
                 learn_s += time.perf_counter() - t_learn
@@ -331,6 +403,8 @@ class Evaluator:
         result["_grid"] = _grid(test, maps, grid)
         if self.baselines:
             result["baselines"] = self._baselines(train.features[torch.tensor(order)], test, result)
+        if self.tiler is not None:
+            result["tiles"] = self.tiler.layout.to_dict() | {"count": self.tiler.count}
         return result
 
     def mixed_stream(self) -> tuple[Encoded, Encoded, list[int]]:
@@ -370,6 +444,11 @@ class Evaluator:
                 np.concatenate([train.labels, streamed.labels[pick.numpy()]]),
                 np.concatenate([train.masks, streamed.masks[pick.numpy()]]),
                 train.names + [streamed.names[i] for i in pick.tolist()],
+                cells=(
+                    np.concatenate([train.cells, streamed.cells[pick.numpy()]])
+                    if train.cells is not None and streamed.cells is not None
+                    else None
+                ),
             )
         else:
             stream = train
@@ -380,15 +459,16 @@ class Evaluator:
         grid = self._grid_indices_of(test)
         model = LemoModel(self.config, self.spec)
         updater = OnlineUpdater(model)
-        inspector = Inspector(updater)
+        inspector = self._inspector(updater)
         oracle = bool(self.config.extra.get("oracle", False))  # learns exactly the normal images (labels)
         stream = Stream()
         pixel_maps = np.zeros((len(order), *stream_data.masks.shape[1:]), np.float16)
-        defect_cells = defect_patches(stream_data.masks, model.grid)
+        cells = stream_data.cells
+        defect_cells = cells if cells is not None else defect_patches(stream_data.masks, model.grid)
         counter = ContaminationCounter(defect_cells.shape[1])
         t = time.perf_counter()
         for position, idx in enumerate(tqdm(order, desc="mixed stream", unit="img", leave=False, disable=None)):
-            feats = stream_data.features[idx : idx + 1].float()
+            feats = stream_data.frame(idx).float()
             label = int(stream_data.labels[idx])
             if oracle:
                 outcome = inspector.assess(feats)
@@ -425,6 +505,8 @@ class Evaluator:
             roc={"lemo": _roc(test_scores, test.labels)},
         )
         result.update(counter.result(model.memory if isinstance(model.memory, CoresetMemory) else None))
+        if self.tiler is not None:
+            result["tiles"] = self.tiler.layout.to_dict() | {"count": self.tiler.count}
         result["_grid"] = _grid(test, maps, grid)
         return result
 

@@ -210,12 +210,25 @@ class Inspector:
         """Maps and image scores of a batch, without learning.
 
         Args:
-            features: ``(B, D, h, w) float`` backbone features on the model's device.
+            features: ``(B, D, h, w) float`` backbone features on the model's device; with a tiler ``(B * T, D, h, w)``,
+                the tiles of ``B`` frames in order.
 
         Returns:
-            ``(B, H, W) float32`` maps and ``(B,) float32`` image scores, on the model's device.
+            ``(B, H, W) float32`` maps (with a tiler: the stitched ROI maps ``(B, roi_h, roi_w)``) and ``(B,) float32``
+            image scores, on the model's device.
         """
-        return self.model.maps(self.model.score(features).patch)
+        if self.tiler is None:
+            return self.model.maps(self.model.score(features).patch)
+        count = self.tiler.count
+        if features.shape[0] % count:
+            raise InputError(f"features: expected frames of {count} tiles, got {describe(features)}")
+        maps = torch.stack(
+            [
+                self.tiler.stitch(self.model.maps(self.model.score(features[start : start + count]).patch)[0])
+                for start in range(0, features.shape[0], count)
+            ]
+        )
+        return maps, maps.flatten(1).amax(1)
 
 
 def _module_device(module: torch.nn.Module) -> torch.device:
