@@ -192,8 +192,10 @@ def main() -> None:
             work.mkdir()
             results.append(run_case(name, extra, args.frames, args.backend, work))
             print(json.dumps({k: v for k, v in results[-1].items() if k != "latency_ms"}), flush=True)
+    previous: dict[str, Any] = {}
     if args.append:
-        results = json.loads((args.out / "tile-check.json").read_text())["cases"] + results
+        previous = json.loads((args.out / "tile-check.json").read_text())
+        results = previous["cases"] + results
     tiled = [c for c in results if c["name"].startswith("tiles")]
     result = {
         "source": SOURCE,
@@ -202,6 +204,8 @@ def main() -> None:
         "cases": results,
         "target_met": any((c["prequential_auroc"] or 0.0) >= 0.95 for c in tiled),
     }
+    if "stationary" in previous:
+        result["stationary"] = previous["stationary"]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "tile-check.json").write_text(json.dumps(result, indent=2) + "\n")
     write_markdown(result, args.out / "tile-check.md")
