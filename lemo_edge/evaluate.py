@@ -3,6 +3,11 @@
 The backbone is frozen, so each image's features are computed once per run: test features are
 cached (float16) and every checkpoint re-scores them with the current adapter and memory.
 Baselines are scored on the same features by the same reference scorer.
+
+With tiles (``tiling``, :mod:`lemo_edge.tiling`) each image is encoded as its tiles ``(T, D, h, w)``, the stream
+steps the :class:`~lemo_edge.inspector.Inspector` with them (one decision per image), maps are the stitched
+maps of the region of interest at full resolution, and masks are cropped to it; the baselines, which score
+one square input per image, are not run.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from lemo_edge.memory import CoresetMemory
 from lemo_edge.model import LemoModel
 from lemo_edge.samples import Sample
 from lemo_edge.scoring import anomaly_map, image_scores, nearest_memory
+from lemo_edge.tiling import Tiler, TileSpec
 from lemo_edge.updater import OnlineUpdater
 
 log = logging.getLogger(__name__)
@@ -48,14 +54,16 @@ class Encoded:
     """Backbone features of a list of images, computed once.
 
     Attributes:
-        features: ``(N, D, h, w) float16`` cpu.
+        features: ``(N, D, h, w) float16`` cpu; with tiles ``(N, T, D, h, w)`` (each image's tiles).
         labels: ``(N,) int64`` 0 normal, 1 defect.
-        masks: ``(N, H, W) uint8`` pixel masks (zeros for normal images), at the model's input.
+        masks: ``(N, H, W) uint8`` pixel masks (zeros for normal images), at the model's input; with tiles
+            ``(N, roi_h, roi_w)``.
         names: image names.
-        images: ``{index: (H, W, 3) uint8}`` kept for the report grid.
+        images: ``{index: (H, W, 3) uint8}`` kept for the report grid (with tiles: the ROI).
         valid: ``(h, w) bool`` content cells of letterboxed images (``None``: not letterboxed).
         content_hw: ``(h, w)`` pixels of content at the top-left of every letterboxed image (the rest is
             padding); maps and masks are cropped to it for the metrics. ``None``: not letterboxed.
+        cells: with tiles, ``(N, T * h * w) bool`` defect patches of the tiles (:func:`defect_patches`); else None.
     """
 
     features: torch.Tensor
@@ -65,12 +73,18 @@ class Encoded:
     images: dict[int, np.ndarray] = field(default_factory=dict)
     valid: torch.Tensor | None = None
     content_hw: tuple[int, int] | None = None
+    cells: np.ndarray | None = None
 
     def content(self, maps: np.ndarray) -> np.ndarray:
         """``(N, H, W)`` maps (or masks) cropped to the letterbox content (unchanged without letterbox)."""
         if self.content_hw is None:
             return maps
         return maps[:, : self.content_hw[0], : self.content_hw[1]]
+
+    def frame(self, index: int) -> torch.Tensor:
+        """Image ``index``'s features as the Inspector takes them: ``(1, D, h, w)`` or ``(T, D, h, w)`` float16."""
+        rows = self.features[index]
+        return rows[None] if rows.ndim == 3 else rows
 
 
 def image_tensor(image: np.ndarray) -> torch.Tensor:
@@ -91,8 +105,9 @@ def encode(
     desc: str,
     keep: Sequence[int] = (),
     letterbox: bool = False,
+    tiler: Callable[[tuple[int, int]], Tiler] | None = None,
 ) -> Encoded:
-    """Load, resize (or letterbox) and encode ``items`` (objects with ``.load() -> Sample``) one by one.
+    """Load, resize (or letterbox, or cut into tiles) and encode ``items`` (objects with ``.load() -> Sample``).
 
     Args:
         items: the images.
@@ -101,36 +116,59 @@ def encode(
         desc: progress bar label.
         keep: indices whose resized images are kept (report grid).
         letterbox: keep the aspect ratio (lemo_edge.letterbox) instead of resizing to ``H x W``.
+        tiler: with tiles, gives the :class:`~lemo_edge.tiling.Tiler` of an image size ``(H, W)``; each image is
+            then cut into its tiles (no resize) and its mask cropped to the region of interest.
 
     Raises:
         InputError: with ``letterbox``, images of different shapes (their content would differ).
     """
     hw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-    feats, labels, masks, names, images = [], [], [], [], {}
+    feats, labels, masks, names, images, cells = [], [], [], [], {}, []
     keep_set = set(keep)
     first: Letterbox | None = None
     for i, item in enumerate(tqdm(items, desc=desc, unit="img", leave=False, disable=None)):
-        if letterbox:
-            sample, box = _letterboxed(item.load(), hw)
-            first = first or box
-            if box.content_hw != first.content_hw:
-                raise InputError(
-                    f"letterbox: expected images of one shape, got {first.frame_hw} and {box.frame_hw} ({sample.name})"
-                )
+        sample = item.load()
+        if tiler is not None:
+            cutter = tiler(sample.image.shape[:2])
+            x, y, w, h = cutter.layout.roi
+            full = sample.mask if sample.mask is not None else np.zeros(sample.image.shape[:2], np.uint8)
+            with torch.no_grad():
+                tiles = extract(cutter.cut(sample.image)).to("cpu", torch.float16)
+            feats.append(tiles)
+            cells.append(defect_patches(cutter.cut_mask(full), (tiles.shape[2], tiles.shape[3])).reshape(-1))
+            mask, image = full[y : y + h, x : x + w], sample.image[y : y + h, x : x + w]
         else:
-            sample = resize_sample(item.load(), hw)
-        with torch.no_grad():
-            feats.append(extract(image_tensor(sample.image))[0].to("cpu", torch.float16))
+            if letterbox:
+                sample, box = _letterboxed(sample, hw)
+                first = first or box
+                if box.content_hw != first.content_hw:
+                    raise InputError(
+                        f"letterbox: expected images of one shape, got {first.frame_hw} and {box.frame_hw} "
+                        f"({sample.name})"
+                    )
+            else:
+                sample = resize_sample(sample, hw)
+            with torch.no_grad():
+                feats.append(extract(image_tensor(sample.image))[0].to("cpu", torch.float16))
+            mask = sample.mask if sample.mask is not None else np.zeros(hw, np.uint8)
+            image = sample.image
         labels.append(sample.label)
-        masks.append(sample.mask if sample.mask is not None else np.zeros(hw, np.uint8))
+        masks.append(mask)
         names.append(sample.name)
         if i in keep_set:
-            images[i] = sample.image
+            images[i] = image
     features = torch.stack(feats)
     valid = None if first is None else valid_cells(first, (features.shape[2], features.shape[3]))
     content = None if first is None else first.content_hw
     return Encoded(
-        features, np.asarray(labels, np.int64), np.stack(masks).astype(np.uint8), names, images, valid, content
+        features,
+        np.asarray(labels, np.int64),
+        np.stack(masks).astype(np.uint8),
+        names,
+        images,
+        valid,
+        content,
+        np.stack(cells) if cells else None,
     )
 
 
@@ -138,10 +176,14 @@ def score_model(
     inspector: Inspector, features: torch.Tensor, batch: int = 16, valid: torch.Tensor | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Maps ``(N, H, W) float32`` and image scores ``(N,) float32`` of cached features ``(N, D, h, w)``;
-    ``valid``: ``(h, w) bool`` content cells of letterboxed images (``None``: all)."""
+    ``valid``: ``(h, w) bool`` content cells of letterboxed images (``None``: all). With tiles ``(N, T, D, h, w)``:
+    the stitched maps ``(N, roi_h, roi_w)``, one image at a time."""
     maps, scores = [], []
+    tiled = features.ndim == 5
+    batch = 1 if tiled else batch
     for start in range(0, features.shape[0], batch):
-        m, s = inspector.score(features[start : start + batch].to(inspector.device, torch.float32), valid)
+        rows = features[start : start + batch].flatten(0, 1) if tiled else features[start : start + batch]
+        m, s = inspector.score(rows.to(inspector.device, torch.float32), valid)
         maps.append(m.cpu().numpy())
         scores.append(s.cpu().numpy())
     return np.concatenate(maps), np.concatenate(scores)
@@ -234,6 +276,7 @@ def subset(test: Encoded, fraction: float, seed: int) -> Encoded:
         [test.names[i] for i in rows],
         valid=test.valid,
         content_hw=test.content_hw,
+        cells=test.cells[rows] if test.cells is not None else None,
     )
 
 
@@ -268,6 +311,8 @@ class Evaluator:
         fewshot: score the few-shot checkpoints of the online protocol.
         cache: encoded features shared between evaluators of one dataset.
         defect_fraction: (mixed) share of defects in the stream; ``None``: all even-position defects.
+        tiling: cut images into tiles / inspect a region of interest (:class:`~lemo_edge.tiling.TileSpec`); the
+            layout is fixed by the first image's size; the baselines are then not run.
     """
 
     def __init__(
@@ -281,6 +326,7 @@ class Evaluator:
         fewshot: bool = True,
         cache: dict[tuple[Any, ...], Encoded] | None = None,
         defect_fraction: float | None = None,
+        tiling: TileSpec | None = None,
     ) -> None:
         unknown = sorted(set(baselines) - set(BASELINES))
         if unknown:
@@ -297,13 +343,33 @@ class Evaluator:
         self.defect_fraction = defect_fraction
         self.cache = cache if cache is not None else {}
         self.timings: dict[str, float] = {}
+        self.tiling = tiling if tiling is not None and tiling.active else None
+        if self.tiling is not None and config.letterbox:
+            raise InputError("tile: expected either tiles or letterbox (a tile is the model's input), got both")
+        self.tiler: Tiler | None = None
+        if self.tiling is not None and self.baselines:
+            log.warning("baselines %s: not run with tiles or a region of interest", list(self.baselines))
+            self.baselines = ()
+
+    def _tiler(self, frame_hw: tuple[int, int]) -> Tiler:
+        """The tiler of the first image's size; images of another size are refused by it (InputError)."""
+        if self.tiler is None:
+            assert self.tiling is not None
+            self.tiler = Tiler(self.tiling.layout(frame_hw), self.config.input_hw)
+        return self.tiler
+
+    def _inspector(self, updater: OnlineUpdater) -> Inspector:
+        return Inspector(updater, tiler=self.tiler)
 
     def _encoded(self, split: str, items: list[Any], size: tuple[int, int], keep: Sequence[int] = ()) -> Encoded:
-        """Encode ``items`` once per (split, size, letterbox, backbone); later runs reuse ``self.cache``."""
+        """Encode ``items`` once per (split, size, letterbox, backbone, tiling); later runs reuse ``self.cache``."""
         letterbox = self.config.letterbox
-        key = (self.data.name, split, size, letterbox, self.config.backbone)
+        key = (self.data.name, split, size, letterbox, self.config.backbone, self.tiling)
         if key not in self.cache:
-            self.cache[key] = encode(items, self.extract, size, f"encode {split}", keep=keep, letterbox=letterbox)
+            tiler = self._tiler if self.tiling is not None else None
+            self.cache[key] = encode(
+                items, self.extract, size, f"encode {split}", keep=keep, letterbox=letterbox, tiler=tiler
+            )
         return self.cache[key]
 
     def _order(self, n: int) -> list[int]:
@@ -351,7 +417,7 @@ class Evaluator:
         self.timings["encode_test_s"] = time.perf_counter() - t
         model = LemoModel(self.config, self.spec)
         updater = OnlineUpdater(model)
-        inspector = Inspector(updater)
+        inspector = self._inspector(updater)
         order = self._order(len(self.data.train_good))
         checkpoints = set(checkpoints_for(len(order))) if self.fewshot and epochs == 1 else {len(order)}
         fewshot_test = subset(test, FEWSHOT_FRACTION, self.seed)
@@ -365,7 +431,7 @@ class Evaluator:
             for step, idx in enumerate(
                 tqdm(order, desc=f"stream (epoch {epoch + 1})", unit="img", leave=False, disable=None), 1
             ):
-                feats = train.features[idx : idx + 1].float()
+                feats = train.frame(idx).float()
                 t_learn = time.perf_counter()
                 inspector.step(feats, force=not gated, valid=train.valid)
                 learn_s += time.perf_counter() - t_learn
@@ -395,6 +461,8 @@ class Evaluator:
         result["_grid"] = _grid(test, maps, grid)
         if self.baselines:
             result["baselines"] = self._baselines(train.features[torch.tensor(order)], test, result)
+        if self.tiler is not None:
+            result["tiles"] = self.tiler.layout.to_dict() | {"count": self.tiler.count}
         return result
 
     def mixed_stream(self) -> tuple[Encoded, Encoded, list[int]]:
@@ -436,6 +504,11 @@ class Evaluator:
                 train.names + [streamed.names[i] for i in pick.tolist()],
                 valid=train.valid,
                 content_hw=train.content_hw,
+                cells=(
+                    np.concatenate([train.cells, streamed.cells[pick.numpy()]])
+                    if train.cells is not None and streamed.cells is not None
+                    else None
+                ),
             )
         else:
             stream = train
@@ -446,15 +519,16 @@ class Evaluator:
         grid = self._grid_indices_of(test)
         model = LemoModel(self.config, self.spec)
         updater = OnlineUpdater(model)
-        inspector = Inspector(updater)
+        inspector = self._inspector(updater)
         oracle = bool(self.config.extra.get("oracle", False))  # learns exactly the normal images (labels)
         stream = Stream()
         pixel_maps = np.zeros((len(order), *stream_data.masks.shape[1:]), np.float16)
-        defect_cells = defect_patches(stream_data.masks, model.grid)
+        cells = stream_data.cells
+        defect_cells = cells if cells is not None else defect_patches(stream_data.masks, model.grid)
         counter = ContaminationCounter(defect_cells.shape[1])
         t = time.perf_counter()
         for position, idx in enumerate(tqdm(order, desc="mixed stream", unit="img", leave=False, disable=None)):
-            feats = stream_data.features[idx : idx + 1].float()
+            feats = stream_data.frame(idx).float()
             label = int(stream_data.labels[idx])
             if oracle:
                 outcome = inspector.assess(feats, stream_data.valid)
@@ -492,6 +566,8 @@ class Evaluator:
             roc={"lemo": _roc(test_scores, test.labels)},
         )
         result.update(counter.result(model.memory if isinstance(model.memory, CoresetMemory) else None))
+        if self.tiler is not None:
+            result["tiles"] = self.tiler.layout.to_dict() | {"count": self.tiler.count}
         result["_grid"] = _grid(test, maps, grid)
         return result
 

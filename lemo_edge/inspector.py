@@ -18,6 +18,7 @@ import torch
 from lemo_edge.errors import InputError, describe
 from lemo_edge.model import LemoModel, Scores
 from lemo_edge.scoring import Scorer
+from lemo_edge.tiling import Tiler
 from lemo_edge.timing import StageTimer
 from lemo_edge.updater import REASON_NOT_FINITE, Observation, OnlineUpdater
 
@@ -37,9 +38,11 @@ class FrameOutcome:
             ``forced``, ``frozen``, ``not finite``).
         finite: whether the frame's embeddings and patch scores were all finite (never learned otherwise).
         inserted: patches that became memory items.
-        patch: ``(h, w) float32`` patch scores after position normalisation, on the model's device.
-        raw: ``(h, w) float32`` raw patch scores (nearest distances), on the model's device.
-        map: ``(H, W) float32`` smoothed anomaly map at the input size, on the model's device.
+        patch: ``(h, w) float32`` patch scores after position normalisation, on the model's device
+            (with a tiler: ``(T, h, w)``, one per tile).
+        raw: ``(h, w) float32`` raw patch scores (nearest distances), on the model's device (tiles: ``(T, h, w)``).
+        map: ``(H, W) float32`` smoothed anomaly map at the input size, on the model's device (with a tiler: the
+            ROI's stitched map ``(roi_h, roi_w)`` in frame pixels).
         scores: the model's :class:`~lemo_edge.model.Scores` of the frame (embeddings, nearest items).
         features: the frame's features until it is committed (then ``None``).
         timer: the frame's stage marks (``score``, ``map``, ``update``); read by :attr:`timings_ms`.
@@ -75,10 +78,21 @@ class Inspector:
         scorer: nearest-memory scorer used by the memory's search instead of the torch reference
             (e.g. ``lemo_edge.runtime.scorers.CudaMemoryScorer``); ``None``: the memory's own search.
         profile: synchronise the device after every stage, for exact per-stage times (slower).
+        tiler: frames are cut into tiles (:class:`~lemo_edge.tiling.Tiler`, see :meth:`use_tiler`); ``None``: one
+            input per frame.
+
+    Raises:
+        StateError: the model learned with another tile layout than ``tiler``'s.
     """
 
     def __init__(
-        self, updater: OnlineUpdater, *, freeze: bool = False, scorer: Scorer | None = None, profile: bool = False
+        self,
+        updater: OnlineUpdater,
+        *,
+        freeze: bool = False,
+        scorer: Scorer | None = None,
+        profile: bool = False,
+        tiler: Tiler | None = None,
     ) -> None:
         self.updater = updater
         self.model: LemoModel = updater.model
@@ -87,12 +101,32 @@ class Inspector:
         if scorer is not None:
             self.model.use_scorer(scorer)
         self.device = _module_device(self.model)
+        self.tiler: Tiler | None = None
+        if tiler is not None:
+            self.use_tiler(tiler)
+
+    def use_tiler(self, tiler: Tiler | None) -> None:
+        """Cut frames into ``tiler``'s tiles from now on: a frame's features are then ``(T, D, h, w)``, its map the
+        stitched map of the ROI in frame pixels, its score that map's maximum; learning takes all its tiles.
+
+        Raises:
+            StateError: the model learned with another layout (a fresh model adopts this one).
+        """
+        if tiler is not None and self.model.config.letterbox:
+            raise InputError("tile: expected either tiles or letterbox (a tile is the model's input), got both")
+        self.model.use_layout(tiler.layout if tiler is not None else None, fresh=self.updater.stats.seen == 0)
+        self.tiler = tiler
 
     def check(self, features: torch.Tensor) -> None:
-        """Raise InputError unless ``features`` is ``(1, D, h, w)`` float for this model on its device."""
+        """Raise InputError unless ``features`` is one frame, ``(T, D, h, w)`` float (``T`` the tiler's tiles, else
+        1), for this model on its device."""
         self.model.check_features(features)
-        if features.shape[0] != 1 or features.device != self.device:
-            raise InputError(f"features: expected one frame on {self.device}, got {describe(features)}")
+        count = self.tiler.count if self.tiler is not None else 1
+        if features.shape[0] != count or features.device != self.device:
+            raise InputError(
+                f"features: expected one frame ({count} input{'s' if count > 1 else ''}) on {self.device}, "
+                f"got {describe(features)}"
+            )
 
     def step(
         self, features: torch.Tensor, force: bool = False, tag: int = -1, valid: torch.Tensor | None = None
@@ -100,7 +134,8 @@ class Inspector:
         """Score one frame, decide, and learn from it if the gate accepts it: :meth:`assess` then :meth:`commit`.
 
         Args:
-            features: ``(1, D, h, w) float`` backbone features on the model's device (see :meth:`check`).
+            features: ``(1, D, h, w) float`` backbone features on the model's device (with a tiler
+                ``(T, D, h, w)``, the frame's tiles; see :meth:`check`).
             force: learn regardless of the gate (offline training); a non-finite frame is never learned.
             tag: the frame's provenance (e.g. its stream position) for contamination bookkeeping.
             valid: ``(h, w) bool`` content cells of a letterboxed frame (:func:`lemo_edge.letterbox.valid_cells`):
@@ -125,6 +160,9 @@ class Inspector:
             scores = self.model.score(features, valid)
             timer.mark("score")
             maps, image = self.model.maps(scores.patch)
+            if self.tiler is not None:  # one decision per frame: the maximum of the stitched map
+                maps = self.tiler.stitch(maps)[None]
+                image = maps.flatten(1).amax(1)
             finite = torch.isfinite(scores.embeddings).all() & ~torch.isnan(scores.raw).any()
             score, ok = torch.stack([image[0], finite.to(image.dtype)]).tolist()  # the frame's host sync
             timer.mark("map")
@@ -139,8 +177,8 @@ class Inspector:
             reason="",
             finite=is_finite,
             inserted=0,
-            patch=scores.patch[0],
-            raw=scores.raw[0],
+            patch=scores.patch if self.tiler is not None else scores.patch[0],
+            raw=scores.raw if self.tiler is not None else scores.raw[0],
             map=maps[0],
             scores=scores,
             features=features,
@@ -178,13 +216,27 @@ class Inspector:
         """Maps and image scores of a batch, without learning.
 
         Args:
-            features: ``(B, D, h, w) float`` backbone features on the model's device.
-            valid: ``(h, w)`` or ``(B, h, w) bool`` content cells (letterbox), or ``None``: every cell.
+            features: ``(B, D, h, w) float`` backbone features on the model's device; with a tiler ``(B * T, D, h, w)``,
+                the tiles of ``B`` frames in order.
+            valid: ``(h, w)`` or ``(B, h, w) bool`` content cells (letterbox), or ``None``: every cell (always with
+                a tiler: tiles are never letterboxed).
 
         Returns:
-            ``(B, H, W) float32`` maps and ``(B,) float32`` image scores, on the model's device.
+            ``(B, H, W) float32`` maps (with a tiler: the stitched ROI maps ``(B, roi_h, roi_w)``) and ``(B,) float32``
+            image scores, on the model's device.
         """
-        return self.model.maps(self.model.score(features, valid).patch)
+        if self.tiler is None:
+            return self.model.maps(self.model.score(features, valid).patch)
+        count = self.tiler.count
+        if features.shape[0] % count:
+            raise InputError(f"features: expected frames of {count} tiles, got {describe(features)}")
+        maps = torch.stack(
+            [
+                self.tiler.stitch(self.model.maps(self.model.score(features[start : start + count]).patch)[0])
+                for start in range(0, features.shape[0], count)
+            ]
+        )
+        return maps, maps.flatten(1).amax(1)
 
 
 def _module_device(module: torch.nn.Module) -> torch.device:

@@ -10,10 +10,11 @@ from torch import nn
 
 from lemo_edge.backbone import FeatureSpec
 from lemo_edge.config import ModelConfig
-from lemo_edge.errors import InputError, describe
+from lemo_edge.errors import InputError, StateError, describe
 from lemo_edge.knn import create_memory_index
 from lemo_edge.memory import CoresetMemory, LearnedMemory
 from lemo_edge.scoring import Nearest, Scorer, anomaly_map, image_scores
+from lemo_edge.tiling import TileLayout
 
 
 class CoordAdapter(nn.Module):
@@ -48,14 +49,15 @@ class PositionNorm(nn.Module):
     ordinary at the border can be extreme in the centre. Statistics are learned online from the
     scores each accepted image had *before* it was learned (no labels), with exponentially
     decaying weights (window ``window`` images). Until ``min_count`` images were seen the raw
-    scores pass through. Buffers: ``mean (h, w)``, ``var (h, w)`` float32, ``count () int64``.
+    scores pass through. Buffers: ``mean (h, w)``, ``var (h, w)`` float32, ``count () int64``; with tiles the
+    grid is ``(T, h, w)`` (one statistic per tile and cell) and a frame's batch of ``T`` maps is normalised.
     """
 
     mean: torch.Tensor
     var: torch.Tensor
     count: torch.Tensor
 
-    def __init__(self, grid: tuple[int, int], window: int = 64, min_count: int = 8, eps: float = 1e-6) -> None:
+    def __init__(self, grid: tuple[int, ...], window: int = 64, min_count: int = 8, eps: float = 1e-6) -> None:
         super().__init__()
         self.window = window
         self.min_count = min_count
@@ -72,8 +74,8 @@ class PositionNorm(nn.Module):
 
     @torch.no_grad()
     def update(self, patch: torch.Tensor) -> None:
-        """Add one image's raw patch scores ``(h, w) float32``; the caller passes finite scores only
-        (:class:`~lemo_edge.inspector.Inspector` never learns from a frame that has a non-finite one)."""
+        """Add one image's raw patch scores ``(h, w)`` (tiles: ``(T, h, w)``) float32; the caller passes finite
+        scores only (:class:`~lemo_edge.inspector.Inspector` never learns from a frame that has a non-finite one)."""
         self.seen += 1
         self.count.fill_(self.seen)
         alpha = max(1.0 / self.seen, 1.0 / self.window)
@@ -135,12 +137,16 @@ class LemoModel(nn.Module):
     Args:
         config: the model's configuration.
         spec: the backbone's feature spec (D and stride must match the features fed in).
+        layout: the tiles a frame is cut into (:mod:`lemo_edge.tiling`; a frame is then a batch of
+            ``layout.count`` inputs and the position normalisation is kept per tile and cell); ``None``: one
+            input per frame.
     """
 
-    def __init__(self, config: ModelConfig, spec: FeatureSpec) -> None:
+    def __init__(self, config: ModelConfig, spec: FeatureSpec, layout: TileLayout | None = None) -> None:
         super().__init__()
         self.config = config
         self.spec = spec
+        self.layout = layout
         height, width = config.input_hw
         self.grid = (height // spec.stride, width // spec.stride)
         dim = config.embed_dim or spec.dim
@@ -165,7 +171,33 @@ class LemoModel(nn.Module):
         else:
             scale = float(config.extra.get("init_scale", 1.0))
             self.memory = LearnedMemory(config.memory_size, dim, scale=scale, seed=config.seed)
-        self.position_norm = PositionNorm(self.grid, config.position_window) if config.position_norm else None
+        self.position_norm = PositionNorm(self._norm_grid(), config.position_window) if config.position_norm else None
+
+    def _norm_grid(self) -> tuple[int, ...]:
+        """``(h, w)``, or ``(T, h, w)`` with a layout of ``T > 1`` tiles (statistics per tile and cell)."""
+        tiles = self.layout.count if self.layout is not None else 1
+        return (tiles, *self.grid) if tiles > 1 else self.grid
+
+    def use_layout(self, layout: TileLayout | None, fresh: bool) -> None:
+        """Score frames cut into ``layout``'s tiles from now on (a new position normalisation when it changes).
+
+        Args:
+            layout: the tiles, or ``None`` for one input per frame.
+            fresh: nothing was learned yet; otherwise the layout must be the one the model learned with.
+
+        Raises:
+            StateError: the model learned with another layout.
+        """
+        if layout == self.layout:
+            return
+        if not fresh:
+            was = self.layout.describe() if self.layout is not None else "no tiles and no roi"
+            now = layout.describe() if layout is not None else "no tiles and no roi"
+            raise StateError(f"tile layout: expected {was} (the model learned with it), got {now}")
+        self.layout = layout
+        if self.position_norm is not None:
+            device = self.position_norm.mean.device
+            self.position_norm = PositionNorm(self._norm_grid(), self.config.position_window).to(device)
 
     def check_features(self, features: torch.Tensor) -> None:
         """Raise InputError unless ``features`` is ``(B, D, h, w)`` float for this model."""

@@ -1,10 +1,11 @@
 """Saving and loading a model's whole online state: safetensors + JSON, never pickle.
 
 One file, ``state.safetensors``, holds every tensor (adapter, memory, optimiser moments) and,
-in its metadata, the JSON of the config, the backbone's feature spec, the threshold statistics
-and the update counters. The write is atomic (temporary file in the same folder, fsync, rename),
-so an interrupted save leaves the previous state loadable. A readable ``state.json`` copy of the
-metadata is written beside it for people; loading never reads it.
+in its metadata, the JSON of the config, the backbone's feature spec, the threshold statistics,
+the update counters and the tile layout (``lemo_edge.tiling``; ``null`` without tiles or ROI).
+The write is atomic (temporary file in the same folder, fsync, rename), so an interrupted save
+leaves the previous state loadable. A readable ``state.json`` copy of the metadata is written
+beside it for people; loading never reads it.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from safetensors.torch import save as save_bytes
 
 from lemo_edge.backbone import POOLING_BEFORE, FeatureSpec
 from lemo_edge.config import ModelConfig
-from lemo_edge.errors import StateError
+from lemo_edge.errors import InputError, StateError
 from lemo_edge.model import LemoModel
 from lemo_edge.threshold import OnlineThreshold
+from lemo_edge.tiling import TileLayout
 from lemo_edge.updater import OnlineUpdater, UpdateStats
 from lemo_edge.utils import write_atomic
 
@@ -58,6 +60,7 @@ def save_state(directory: str | Path, updater: OnlineUpdater) -> Path:
         "threshold": updater.threshold.state_dict(),
         "stats": dataclasses.asdict(updater.stats),
         "optimizer": optim,
+        "layout": model.layout.to_dict() if model.layout is not None else None,
     }
     text = json.dumps(meta, sort_keys=True)
     directory = Path(directory)
@@ -114,7 +117,11 @@ def load_state(directory: str | Path, spec: FeatureSpec, config: ModelConfig | N
     if config is not None and saved != config:
         diff = {k: (v, getattr(config, k)) for k, v in saved.to_dict().items() if v != getattr(config, k)}
         raise StateError(f"state: saved config differs from the requested one (saved, requested): {diff}")
-    model = LemoModel(saved, spec)
+    try:
+        layout = TileLayout.from_dict(meta["layout"]) if meta.get("layout") else None
+    except InputError as err:
+        raise StateError(f"state: {err}") from err
+    model = LemoModel(saved, spec, layout)
     model_tensors = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     try:
         model.load_state_dict(model_tensors)

@@ -123,7 +123,7 @@ class OnlineUpdater:
         """Decide on one already scored image and learn from it if accepted.
 
         Args:
-            features: ``(1, D, h, w) float32`` backbone features of the image.
+            features: ``(1, D, h, w) float32`` backbone features of the image (``(T, D, h, w)``: its tiles).
             scores: what :meth:`LemoModel.score` returned for them.
             image_score: the image's score (max of its smoothed map).
             force: learn regardless of the gate (offline training); never a non-finite frame.
@@ -143,17 +143,17 @@ class OnlineUpdater:
         if covered and math.isfinite(image_score) and (norm is None or norm.ready):
             self.threshold.update(image_score)
         if norm is not None and covered:
-            norm.update(scores.raw[0])
+            norm.update(scores.raw.reshape(norm.mean.shape))  # (h, w), or (T, h, w): a frame's tiles
         inserted = self.learn(features, scores, tag)
         self._stats.updates += 1
         return Observation(True, reason, inserted)
 
     def learn(self, features: torch.Tensor, scores: Scores, tag: int = -1) -> int:
-        """One online update from a single image's features (batch of 1); returns the patches that
-        became memory items (inserted, pending or re-seeded). ``tag``: the image's provenance (see
-        :meth:`CoresetMemory.insert`)."""
+        """One online update from a single image's features (a batch of 1, or of the frame's ``T`` tiles: their
+        patches are one image's); returns the patches that became memory items (inserted, pending or re-seeded).
+        ``tag``: the image's provenance (see :meth:`CoresetMemory.insert`)."""
         memory = self.model.memory
-        z = scores.embeddings[0].detach()
+        z = scores.embeddings.detach().reshape(-1, scores.embeddings.shape[-1])  # the frame's tiles together
         nearest, index = scores.nearest.nearest_distance, scores.nearest.index
         keep = None  # letterbox: the content patches' positions (padding is never learned); one nonzero
         patches = z.shape[0]
@@ -162,7 +162,7 @@ class OnlineUpdater:
             z, nearest, index = z.index_select(0, keep), nearest.index_select(0, keep), index.index_select(0, keep)
         if isinstance(memory, CoresetMemory):
             norm = self.model.position_norm
-            surprise = scores.patch[0].flatten() if norm is not None and norm.ready else None
+            surprise = scores.patch.reshape(-1) if norm is not None and norm.ready else None
             if keep is None:
                 inserted = memory.insert(z, nearest, index, tag, surprise)
             else:
@@ -189,7 +189,7 @@ class OnlineUpdater:
         assert self.optimizer is not None
         cfg = self.config
         for _ in range(cfg.steps_per_image):
-            emb = self.model.embed(features)[0]
+            emb = self.model.embed(features).flatten(0, 1)  # (B * h * w, D'): the frame's tiles together
             if keep is not None:
                 emb = emb.index_select(0, keep)
             items = self.model.memory.items

@@ -3,6 +3,11 @@
 Example::
 
     lemo-edge run csi://0 events.jsonl overlays/ display://0 --state /var/lib/lemo/line3
+    lemo-edge run rtsp://cam/1080p events.jsonl --tile 256x256 --overlap 32 --roi 200,100,1500,800 --state s
+
+With ``--tile`` a frame larger than the model input is cut into overlapping tiles scored as one batch and one
+decision (its map stitched at full resolution); ``--roi`` limits the inspection to a rectangle. Events and
+overlays are in the frame's own pixels, with a box per anomalous region. The tile layout is saved with the state.
 
 The state folder is loaded at start when it holds a state (its config is used unless ``--config`` or
 ``--warmup`` is given, which must then match it) and saved atomically every ``--save-every`` updates
@@ -26,6 +31,7 @@ import torch
 from lemo_edge.config import ModelConfig, parse_json_object
 from lemo_edge.errors import BackendUnavailableError, InputError, MissingDependencyError
 from lemo_edge.scoring import Scorer
+from lemo_edge.tiling import TileSpec, parse_roi, parse_tile
 
 from .loop import Backend, InspectionLoop, LoopOptions
 from .state_store import StateStore, move_updater
@@ -56,6 +62,62 @@ def _non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
     return value
+
+
+def _tile_size(text: str) -> tuple[int, int]:
+    try:
+        return parse_tile(text)
+    except InputError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _roi(text: str) -> tuple[int, int, int, int]:
+    try:
+        return parse_roi(text)
+    except InputError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def add_tile_arguments(p: argparse.ArgumentParser) -> None:
+    """``--tile HxW``, ``--overlap P`` and ``--roi x,y,w,h`` (read by :func:`tile_spec`)."""
+    p.add_argument(
+        "--tile",
+        type=_tile_size,
+        default=None,
+        metavar="HxW",
+        help="cut each frame into tiles of HxW frame pixels (resized to the model input when they differ), "
+        "scored as one batch and stitched into one full-resolution map",
+    )
+    p.add_argument(
+        "--overlap",
+        type=_non_negative_int,
+        default=None,
+        metavar="P",
+        help="least overlap of neighbouring tiles in pixels, blended (default: an eighth of the tile's smaller side)",
+    )
+    p.add_argument(
+        "--roi",
+        type=_roi,
+        default=None,
+        metavar="x,y,w,h",
+        help="inspect only this rectangle of the frame (frame pixels; tiled or resized)",
+    )
+
+
+def tile_spec(args: argparse.Namespace) -> TileSpec | None:
+    """The :class:`~lemo_edge.tiling.TileSpec` of ``--tile/--overlap/--roi``, or None without ``--tile``/``--roi``.
+
+    Raises:
+        InputError: ``--overlap`` without ``--tile``, or not smaller than the tile.
+    """
+    tile, overlap, roi = getattr(args, "tile", None), getattr(args, "overlap", None), getattr(args, "roi", None)
+    if tile is None and overlap is not None:
+        raise InputError(f"--overlap: expected together with --tile, got --overlap {overlap} alone")
+    if tile is None and roi is None:
+        return None
+    if overlap is None:
+        overlap = min(tile) // 8 if tile is not None else 0
+    return TileSpec(tile, overlap, roi)
 
 
 def add_parser(sub: Any) -> None:
@@ -123,6 +185,7 @@ def add_parser(sub: Any) -> None:
         help="MQTT credentials/TLS JSON for mqtt:// sinks (default $LEMO_EDGE_MQTT_CONFIG)",
     )
     p.add_argument("--summary-json", default=None, metavar="PATH", help="also write the run summary as JSON")
+    add_tile_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -302,6 +365,7 @@ def run(args: argparse.Namespace) -> int:
         max_frames=args.frames, freeze=args.freeze, save_every=args.save_every, profile=getattr(args, "profile", False)
     )
     requested, explicit = parse_config(args.config, args.warmup)
+    tiling = tile_spec(args)
     device = resolve_device(args.device)
     previous_threads = torch.get_num_threads()
     threads = args.threads or default_threads()
@@ -314,8 +378,12 @@ def run(args: argparse.Namespace) -> int:
             saved = store.saved_config()
             config = requested if explicit or saved is None else saved
             config = with_shape(config, getattr(args, "size", None), getattr(args, "letterbox", None))
-            # letterbox: frames keep their shape (the loop letterboxes them); otherwise the source resizes them
-            source = stack.enter_context(open_source(args.source, size=None if config.letterbox else config.input_hw))
+            if tiling is not None and config.letterbox:
+                raise InputError("tile: expected either --tile/--roi or --letterbox (a tile is the model's input)")
+            # tiles, a region of interest and letterbox need the frames as captured (the loop cuts or letterboxes
+            # them); otherwise the source resizes them
+            size = None if tiling is not None or config.letterbox else config.input_hw
+            source = stack.enter_context(open_source(args.source, size=size))
             sinks = _open_sinks(list(args.sinks), args.headless, stack, args.mqtt_config)
             backend, backend_reason = resolve_backend(args.backend, config, device)
             model_device = torch.device(getattr(backend, "device", device))  # onnxruntime may fall back to CPU
@@ -348,6 +416,7 @@ def run(args: argparse.Namespace) -> int:
                 stop=flag,
                 backend_name=backend_reason,
                 scorer_name=scorer_reason,
+                tiling=tiling,
             )
             summary = loop.run()
     except KeyboardInterrupt:

@@ -17,6 +17,7 @@ import numpy as np
 
 from lemo_edge.config import ModelConfig
 from lemo_edge.errors import InputError
+from lemo_edge.runtime.cli import add_tile_arguments, tile_spec
 from lemo_edge.runtime.summary import percent
 from lemo_edge.utils import json_safe
 
@@ -72,6 +73,7 @@ def add_parser(sub: Any) -> None:
         help="(mixed) share of defects in the stream, 0..0.5: a seeded subset of the even-position defects "
         "(default: all of them); the held-out set is the same for every F",
     )
+    add_tile_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -100,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
     from lemo_edge.evaluate import Evaluator
 
     config = config_from_args(args)
+    tiling = tile_spec(args)
     baselines = [] if args.baselines in ("", "none") else [b.strip() for b in args.baselines.split(",")]
     data = open_dataset(args.dataset, seed=args.seed)
     extract, spec = make_extractor(args.backend, config, weights=args.weights)
@@ -113,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
             baselines=baselines,
             fewshot=not args.no_fewshot,
             defect_fraction=args.defect_fraction,
+            tiling=tiling,
         )
     except ValueError as err:
         raise InputError(str(err)) from err

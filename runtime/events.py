@@ -46,6 +46,7 @@ def event_record(frame: Frame, result: FrameResult) -> dict[str, Any]:
     Returns:
         ``{"time": ISO 8601 UTC of the capture, "frame": index, "score", "decision": "anomaly" | "normal",
         "threshold", "updated", "learned" (same as updated), "reason", "finite", "failing_sinks": [...],
+        "boxes": [[x, y, w, h, peak_score], ...] (anomalous regions in the frame's pixels),
         "latency_ms": {stage: ms}}``, plus ``"label"`` when the frame has one and ``"name"`` when it has one.
         Non-finite numbers become None (JSON ``null``).
     """
@@ -60,6 +61,7 @@ def event_record(frame: Frame, result: FrameResult) -> dict[str, Any]:
         "reason": str(result.reason),
         "finite": bool(result.finite),
         "failing_sinks": [dict(failure) for failure in result.failing_sinks],
+        "boxes": [[int(v) for v in box[:4]] + [json_safe(float(box[4]))] for box in result.boxes],
         "latency_ms": json_safe({k: float(v) for k, v in result.latency_ms.items()}),
     }
     if frame.label is not None:

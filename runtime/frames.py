@@ -49,6 +49,8 @@ class FrameResult:
         finite: whether the score and map were finite.
         failing_sinks: sinks failing when the result was handed on, ``[{"sink", "error", "since", "failures"}]``
             (``since``: Unix time of the streak's first failure); empty when all is well.
+        boxes: one ``[x, y, w, h, peak_score]`` per connected region of the map above the threshold, in the
+            frame's pixels, highest peak first (``lemo_edge.tiling.region_boxes``); empty for a normal frame.
     """
 
     score: float
@@ -60,6 +62,7 @@ class FrameResult:
     reason: str = ""
     finite: bool = True
     failing_sinks: list[dict[str, Any]] = field(default_factory=list)
+    boxes: list[list[float]] = field(default_factory=list)
 
     @property
     def learned(self) -> bool:

@@ -306,11 +306,13 @@ class LiveViewSink:
         entry = (int(frame.index), score, threshold, bool(result.is_anomaly))
         thumb = None
         if result.is_anomaly:
-            thumb = self._encode(render_overlay(frame.image, result.anomaly_map, result.threshold, result.score), 160)
+            thumb = self._encode(
+                render_overlay(frame.image, result.anomaly_map, result.threshold, result.score, result.boxes), 160
+            )
         jpeg = None
         if now - self._last_encode >= self._interval:
             self._last_encode = now
-            overlay = render_overlay(frame.image, result.anomaly_map, result.threshold, result.score)
+            overlay = render_overlay(frame.image, result.anomaly_map, result.threshold, result.score, result.boxes)
             jpeg = self._encode(overlay, self.options.width)
             self.encoded += 1
         model = _model_state(self._updater) if self._updater is not None and jpeg is not None else None

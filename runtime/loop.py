@@ -4,6 +4,11 @@ Per frame, in one thread (the source captures in its own)::
 
     capture -> preprocess -> backbone -> Inspector.step (score -> map -> decision -> gated update) -> sinks
 
+A frame larger than the model input may be cut into tiles (``tiling``, :mod:`lemo_edge.tiling`): the tiles are one
+batch through the backbone and one decision in the step, and the sinks get the frame as captured with the stitched
+map and the anomalous regions' boxes in its pixels. Without tiles the frame is resized to the model input and the
+map is resized back to the frame for the sinks.
+
 The math lives in the core: :meth:`lemo_edge.inspector.Inspector.step` scores, decides and learns, as it does for
 the evaluation and the benchmark. This module feeds it, times the stages around it, keeps the counters, hands the
 results to the sinks and makes the run durable:
@@ -24,7 +29,6 @@ copied to the host for the sinks after it.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from array import array
@@ -37,12 +41,13 @@ import numpy as np
 import torch
 
 from lemo_edge.contamination import ContaminationCounter, defect_patches
-from lemo_edge.errors import InputError, describe
-from lemo_edge.inspector import Inspector
+from lemo_edge.errors import InputError, StateError, describe
+from lemo_edge.inspector import FrameOutcome, Inspector
 from lemo_edge.letterbox import Letterbox, letterbox_geometry, letterbox_image, unletterbox_map, valid_cells
 from lemo_edge.memory import CoresetMemory
 from lemo_edge.model import LemoModel
 from lemo_edge.scoring import Scorer
+from lemo_edge.tiling import TileLayout, Tiler, TileSpec, region_boxes
 from lemo_edge.timing import StageTimer
 from lemo_edge.updater import OnlineUpdater
 
@@ -124,9 +129,13 @@ class InspectionLoop:
         backend_name: description of the backend, for the summary.
         scorer_name: description of the scorer, for the summary.
         clock: monotonic seconds for the sinks' retry backoff and the status line (``time.monotonic``).
+        tiling: tiles and region of interest (:class:`~lemo_edge.tiling.TileSpec`); the layout is fixed by the first
+            frame's size (a frame of another size is then skipped); ``None``: the whole frame, resized.
 
     Raises:
         InputError: the scorer averages another number of nearest items than the model.
+        StateError: the model learned with tiles or a region of interest other than ``tiling``'s (also raised by
+            :meth:`run` at the first frame when its size gives another layout).
     """
 
     def __init__(
@@ -144,6 +153,7 @@ class InspectionLoop:
         backend_name: str = "",
         scorer_name: str = "",
         clock: Callable[[], float] = time.monotonic,
+        tiling: TileSpec | None = None,
     ) -> None:
         self.source = source
         self.backend = backend
@@ -175,6 +185,9 @@ class InspectionLoop:
         self._box: Letterbox | None = None  # the last frame's letterbox geometry and its content cells
         self._valid: torch.Tensor | None = None
         self.device = self.inspector.device
+        self.tiling = tiling if tiling is not None and tiling.active else None
+        if updater.stats.seen > 0:  # a fresh model takes the layout of the first frame
+            _check_layout(self.model.layout, self.tiling)
         self.resumed_updates = store.saved_updates if store is not None else None
         self._input: torch.Tensor | None = None
         self._skipped: dict[str, int] = {}
@@ -312,38 +325,76 @@ class InspectionLoop:
         else:
             log.debug("skipped a frame (%s): %s", kind, detail)
 
-    def _preprocess(self, frame: Frame) -> tuple[Frame, torch.Tensor]:
-        """``image (h0, w0, 3) uint8`` -> the frame and its ``(1, 3, H, W) uint8`` cpu tensor (reused).
+    def _start_tiles(self, image: object) -> None:
+        """Fix the tile layout by the first good frame's size (a fresh model adopts it, a loaded one must have it).
 
-        Without letterbox the frame is resized to the model's ``H x W`` (and returned so); with it the frame is
-        returned unchanged and the tensor holds it scaled into ``H x W`` and padded (:attr:`_box` records how).
+        Raises:
+            InputError: the region of interest does not lie inside the frame.
+            StateError: the model learned with another layout.
+        """
+        if self.tiling is None or self.inspector.tiler is not None or not _is_rgb(image):
+            return
+        assert isinstance(image, np.ndarray)
+        layout = self.tiling.layout(image.shape[:2])
+        self.inspector.use_tiler(Tiler(layout, self.model.config.input_hw))
+        log.info("tiles: %s", layout.describe())
+
+    def _preprocess(self, frame: Frame) -> tuple[torch.Tensor, np.ndarray | None]:
+        """``image (H, W, 3) uint8`` -> the model's input and the frame's mask at it (the frame is not changed).
+
+        Without letterbox or tiles the image is resized to the model's ``H x W``; with letterbox it is scaled into
+        ``H x W`` and padded (:attr:`_box` records how); with tiles it is cut into the tiler's tiles.
+
+        Returns:
+            ``(1, 3, H, W) uint8`` cpu (the frame resized or letterboxed; reused), or with tiles ``(T, 3, H, W)`` (its
+            tiles), and the mask ``(1 or T, H, W) uint8`` at the same pixels, or None without one.
         """
         image = frame.image
-        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        if not _is_rgb(image):
             raise InputError(f"frame: expected (H, W, 3) uint8, got {describe(image)}")
+        tiler = self.inspector.tiler
+        if tiler is not None:
+            batch = tiler.cut(image, pin=self.device.type == "cuda")
+            return batch, tiler.cut_mask(frame.mask) if frame.mask is not None else None
         h, w = self.input_hw
+        mask = frame.mask
         if self.letterbox:
             if self._box is None or self._box.frame_hw != image.shape[:2]:
                 self._box = letterbox_geometry(image.shape[:2], self.input_hw)
                 self._valid = valid_cells(self._box, self.model.grid).to(self.device)
             image = letterbox_image(image, self.input_hw)[0]
+            if mask is not None:
+                mask = letterbox_image(mask, self.input_hw)[0]
         elif image.shape[:2] != (h, w):
             image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)  # cv2 takes (width, height)
-            mask = frame.mask
             if mask is not None:
                 mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
-            frame = dataclasses.replace(frame, image=image, mask=mask)
         if self._input is None:
             pin = self.device.type == "cuda"
             self._input = torch.empty((1, 3, h, w), dtype=torch.uint8, pin_memory=pin)
         self._input[0].copy_(torch.from_numpy(image).permute(2, 0, 1))
-        return frame, self._input
+        return self._input, mask[None] if mask is not None else None
+
+    def _frame_map(self, frame: Frame, outcome: FrameOutcome) -> tuple[np.ndarray, list[list[float]]]:
+        """The outcome's map in the frame's pixels ``(H, W) float32`` and its anomalous regions' boxes."""
+        tiler = self.inspector.tiler
+        if tiler is not None:
+            model_map = outcome.map.float().cpu().numpy()  # already computed: no wait
+            boxes = tiler.boxes(model_map, outcome.threshold) if outcome.anomalous else []
+            return tiler.frame_map(model_map), boxes
+        amap = outcome.map if not self.letterbox or self._box is None else unletterbox_map(outcome.map, self._box)
+        model_map = amap.float().cpu().numpy()  # already computed: no wait
+        h, w = frame.image.shape[:2]
+        if model_map.shape != (h, w):
+            model_map = cv2.resize(model_map, (w, h), interpolation=cv2.INTER_LINEAR)
+        return model_map, region_boxes(model_map, outcome.threshold) if outcome.anomalous else []
 
     def _process(self, frame: Frame) -> None:
         t0 = time.perf_counter()
         timer = StageTimer(self.device, profile=self.options.profile)
+        self._start_tiles(frame.image)  # a region of interest outside the frame or another layout ends the run
         try:
-            frame, images = self._preprocess(frame)
+            images, mask = self._preprocess(frame)
         except Exception as err:  # bad input never stops the loop
             self._skip(f"preprocess:{type(err).__name__}", f"frame {frame.index}: {err}")
             return
@@ -355,15 +406,14 @@ class InspectionLoop:
         seen_before = self.updater.stats.seen
         if not self.options.freeze:
             self._consistent = False
-        masked = frame.mask is not None and self._memory is not None
+        masked = mask is not None and self._memory is not None
         valid = self._valid if self.letterbox else None
         outcome = self.inspector.step(features, tag=self.frames if masked else -1, valid=valid)  # host sync
         if not self.options.freeze:
             self._consistent = True
             self._dirty = True
         timer.mark("step")
-        amap = outcome.map if not self.letterbox or self._box is None else unletterbox_map(outcome.map, self._box)
-        anomaly_map = amap.float().cpu().numpy() if self.guards else None  # already computed: no wait
+        anomaly_map, boxes = self._frame_map(frame, outcome) if self.guards else (None, [])
         latency = {"preprocess": 0.0, "backbone": 0.0, **outcome.timings_ms}
         result = FrameResult(
             outcome.score,
@@ -375,6 +425,7 @@ class InspectionLoop:
             reason=outcome.reason,
             finite=outcome.finite,
             failing_sinks=self.failing_sinks(),
+            boxes=boxes,
         )
         for guard in self.guards[: self._first_events]:
             guard.write(frame, result)
@@ -401,11 +452,10 @@ class InspectionLoop:
             self._scores.append(outcome.score)
             self._labels.append(1 if frame.label else 0)
             self._after_warmup.append(int(seen_before >= self.model.config.warmup))
-        if masked and frame.mask is not None and self._memory is not None:
+        if masked and mask is not None and self._memory is not None:
             if self._contamination is None:
-                self._contamination = ContaminationCounter(self.model.grid[0] * self.model.grid[1])
-            mask = letterbox_image(frame.mask, self.input_hw)[0] if self.letterbox else frame.mask
-            cells = defect_patches(mask[None], self.model.grid)[0]
+                self._contamination = ContaminationCounter(mask.shape[0] * self.model.grid[0] * self.model.grid[1])
+            cells = defect_patches(mask, self.model.grid).reshape(-1)  # the frame's tiles' patches, in memory order
             self._contamination.observe(self.frames, frame.label, cells, outcome.learned)
             self._contamination.admit(self._memory.pop_admitted())
         for stage in STAGES:
@@ -450,3 +500,31 @@ class InspectionLoop:
             return
         if self._dirty:
             self._save()
+
+
+def _is_rgb(image: object) -> bool:
+    return isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+
+
+def _check_layout(learned: TileLayout | None, requested: TileSpec | None) -> None:
+    """Raise StateError when a model learned with tiles or a ROI is run with other ones (the frame size is checked
+    at the first frame)."""
+    if learned is None and requested is None:
+        return
+    if learned is None or requested is None:
+        was = learned.describe() if learned is not None else "no tiles and no roi"
+        raise StateError(
+            f"tile layout: expected {was} (the model learned with it), got "
+            + ("no tiles and no roi" if requested is None else _describe_spec(requested))
+        )
+    roi_ok = requested.roi is None or requested.roi == learned.roi
+    if requested.tile != learned.tile or requested.overlap != learned.overlap or not roi_ok:
+        raise StateError(
+            f"tile layout: expected {learned.describe()} (the model learned with it), got {_describe_spec(requested)}"
+        )
+
+
+def _describe_spec(spec: TileSpec) -> str:
+    tile = f"tiles {spec.tile[0]}x{spec.tile[1]} overlap {spec.overlap}" if spec.tile else "no tiles"
+    roi = f" over roi {','.join(map(str, spec.roi))}" if spec.roi else ""
+    return tile + roi

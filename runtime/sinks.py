@@ -25,7 +25,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +65,15 @@ _TEXT_ANOMALY_RGB = (255, 48, 48)
 _TEXT_NORMAL_RGB = (48, 255, 48)
 
 
-def render_overlay(image: np.ndarray, anomaly_map: np.ndarray | None, threshold: float, score: float) -> np.ndarray:
-    """Blend a JET heat map of the anomaly map over the image, outline ``map > threshold`` and print the score.
+def render_overlay(
+    image: np.ndarray,
+    anomaly_map: np.ndarray | None,
+    threshold: float,
+    score: float,
+    boxes: Sequence[Sequence[float]] = (),
+) -> np.ndarray:
+    """Blend a JET heat map of the anomaly map over the image, outline ``map > threshold``, draw the anomalous
+    regions' boxes and print the score.
 
     The map is scaled so that 0 maps to the bottom of the colour scale (blue), ``threshold`` to its middle and
     ``2 * threshold`` or more to its top (red). A non-positive or non-finite threshold falls back to the map's
@@ -77,6 +84,7 @@ def render_overlay(image: np.ndarray, anomaly_map: np.ndarray | None, threshold:
         anomaly_map: ``(H, W)`` float (float32 expected) at the image's size, or None.
         threshold: decision threshold, in the map's units.
         score: image score, printed top left (red when ``score > threshold``, else green).
+        boxes: ``[x, y, w, h, peak], ...`` in the image's pixels (:attr:`FrameResult.boxes`), drawn in red.
 
     Returns:
         ``(H, W, 3) uint8`` RGB overlay (a new array).
@@ -104,6 +112,10 @@ def render_overlay(image: np.ndarray, anomaly_map: np.ndarray | None, threshold:
                 contours, _ = cv2.findContours(region, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
                 thickness = max(1, round(min(h, w) / 200))
                 cv2.drawContours(out, contours, -1, _CONTOUR_RGB, thickness)
+    box_thickness = max(1, round(min(h, w) / 300))
+    for box in boxes:
+        x, y, bw, bh = (int(v) for v in box[:4])
+        cv2.rectangle(out, (x, y), (x + bw - 1, y + bh - 1), _TEXT_ANOMALY_RGB, box_thickness)
     anomalous = math.isfinite(score) and math.isfinite(threshold) and score > threshold
     text = f"score {score:.4g} / thr {threshold:.4g}"
     font_scale = max(0.35, min(h, w) / 600)
@@ -168,7 +180,7 @@ class OverlayFolderSink:
         """Write the overlay if ``result.is_anomaly``; otherwise do nothing."""
         if not result.is_anomaly:
             return
-        overlay = render_overlay(frame.image, result.anomaly_map, result.threshold, result.score)
+        overlay = render_overlay(frame.image, result.anomaly_map, result.threshold, result.score, result.boxes)
         stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(frame.name).stem) if frame.name else ""
         path = self.folder / (f"{frame.index:06d}_{stem}.png" if stem else f"{frame.index:06d}.png")
         if not cv2.imwrite(str(path), _bgr(overlay)):
@@ -214,7 +226,7 @@ class VideoSink:
 
     def write(self, frame: Frame, result: FrameResult) -> None:
         """Append the frame's overlay."""
-        overlay = render_overlay(frame.image, result.anomaly_map, result.threshold, result.score)
+        overlay = render_overlay(frame.image, result.anomaly_map, result.threshold, result.score, result.boxes)
         h, w = overlay.shape[:2]
         if self._writer is None:
             writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter.fourcc(*self.fourcc), self.fps, (w, h))
@@ -273,7 +285,7 @@ class DisplaySink:
 
     def write(self, frame: Frame, result: FrameResult) -> None:
         """Show the overlay and poll the keyboard for 1 ms."""
-        overlay = render_overlay(frame.image, result.anomaly_map, result.threshold, result.score)
+        overlay = render_overlay(frame.image, result.anomaly_map, result.threshold, result.score, result.boxes)
         cv2.imshow(self.window, _bgr(overlay))
         if (cv2.waitKey(1) & 0xFF) in (ord("q"), 27):
             self.quit_requested = True

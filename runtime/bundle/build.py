@@ -41,6 +41,7 @@ from lemo_edge.runtime.bundle.templates import (
     render_readme,
     render_unit,
 )
+from lemo_edge.tiling import TileLayout, TileSpec
 
 log = logging.getLogger(__name__)
 
@@ -248,6 +249,31 @@ def fetch_wheel(requirement: str, dest: Path, timeout_s: float = PIP_DOWNLOAD_TI
     return new[0]
 
 
+def tile_run_args(spec: TileSpec | None, meta: dict[str, Any] | None) -> tuple[str, ...]:
+    """``lemo-edge run`` words for tiles and a region of interest: those asked for, else the shipped state's layout.
+
+    Raises:
+        InputError: tiles or a ROI asked for that differ from the layout the shipped state learned with.
+    """
+    saved = meta.get("layout") if meta else None
+    layout = TileLayout.from_dict(saved) if saved else None
+    if spec is None and layout is not None:
+        whole = layout.roi == (0, 0, layout.frame[1], layout.frame[0])
+        spec = TileSpec(layout.tile, layout.overlap, None if whole else layout.roi)
+    if spec is None:
+        return ()
+    if layout is not None and (
+        spec.tile != layout.tile or spec.overlap != layout.overlap or spec.roi not in (None, layout.roi)
+    ):
+        raise InputError(f"--tile/--overlap/--roi: expected the state's layout ({layout.describe()}), got {spec}")
+    words: list[str] = []
+    if spec.tile is not None:
+        words += ["--tile", f"{spec.tile[0]}x{spec.tile[1]}", "--overlap", str(spec.overlap)]
+    if spec.roi is not None:
+        words += ["--roi", ",".join(map(str, spec.roi))]
+    return tuple(words)
+
+
 def resolve_config(
     state: Path | None,
     config_text: str | None,
@@ -311,6 +337,8 @@ class BundleOptions:
         extra_wheels: a folder whose ``*.whl``/``*.tar.gz`` files are added to ``wheels/`` (e.g. aarch64 wheels of
             the dependencies and a pycuda wheel built on a Jetson), or None.
         force: replace an existing ``out``.
+        run_args: extra words of the service's ``lemo-edge run`` (``--tile``, ``--overlap``, ``--roi``; see
+            :func:`tile_run_args`), written to the env file's ``LEMO_EDGE_RUN_ARGS``.
     """
 
     out: Path
@@ -322,6 +350,7 @@ class BundleOptions:
     weights_wheel: str = "auto"
     extra_wheels: Path | None = None
     force: bool = False
+    run_args: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -408,8 +437,9 @@ def plan_bundle(options: BundleOptions) -> list[str]:
         lines.append(f"copy {options.state}/state.safetensors, state.json -> {out}/state/")
     lines += [
         f"write {out}/config.json: {config.to_json()}",
-        f"write {out}/requirements-jetson.txt, install.sh, {SERVICE} (camera {options.camera}), lemo-edge.env, "
-        "lemo-edge.logrotate, README.txt",
+        f"write {out}/requirements-jetson.txt, install.sh, {SERVICE} (camera {options.camera}), lemo-edge.env"
+        + (f" (run {' '.join(options.run_args)})" if options.run_args else "")
+        + ", lemo-edge.logrotate, README.txt",
         f"write {out}/MANIFEST.json (sha256 and size of every file)",
         f"write {options.archive}",
     ]
@@ -488,7 +518,7 @@ def build_bundle(options: BundleOptions, state_meta: dict[str, Any] | None = Non
             + "\n",
         )
         _write(work / SERVICE, render_unit(onnx_name, options.camera))
-        _write(work / "lemo-edge.env", render_env_file(options.camera, options.sinks))
+        _write(work / "lemo-edge.env", render_env_file(options.camera, options.sinks, options.run_args))
         _write(work / "lemo-edge.logrotate", render_logrotate())
         _write(work / "README.txt", render_readme(version, onnx_name, options.state is not None))
         script = render_install_script(

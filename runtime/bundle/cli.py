@@ -8,9 +8,17 @@ from pathlib import Path
 from typing import Any
 
 from lemo_edge.errors import InputError
-from lemo_edge.runtime.bundle.build import TARGETS, BundleOptions, build_bundle, plan_bundle, resolve_config
+from lemo_edge.runtime.bundle.build import (
+    TARGETS,
+    BundleOptions,
+    build_bundle,
+    plan_bundle,
+    resolve_config,
+    tile_run_args,
+)
 from lemo_edge.runtime.bundle.health import check_health
 from lemo_edge.runtime.bundle.templates import DEFAULT_CAMERA, STATE_ROOT
+from lemo_edge.runtime.cli import add_tile_arguments, tile_spec
 
 
 def _positive_float(text: str) -> float:
@@ -76,6 +84,7 @@ def add_parser(sub: Any) -> None:
         p.add_argument("--wheels", default=None, metavar="DIR", help="add the wheels in DIR (e.g. built on a Jetson)")
         p.add_argument("--force", action="store_true", help="replace an existing bundle folder and archive")
         p.add_argument("--dry-run", action="store_true", help="print what would be written and run; write nothing")
+        add_tile_arguments(p)
         p.set_defaults(func=run_bundle)
     if "health" not in sub.choices:
         h = sub.add_parser(
@@ -113,6 +122,7 @@ def run_bundle(args: argparse.Namespace) -> int:
         weights_wheel=args.weights_wheel,
         extra_wheels=Path(args.wheels).expanduser() if args.wheels else None,
         force=args.force,
+        run_args=tile_run_args(tile_spec(args), meta),
     )
     if args.dry_run:
         print("\n".join(plan_bundle(options)))

@@ -104,15 +104,21 @@ def render_unit(onnx_name: str, camera: str) -> str:
     return render_template(SERVICE, values)
 
 
-def render_env_file(camera: str, sinks: Sequence[str]) -> str:
+def render_env_file(camera: str, sinks: Sequence[str], run_args: Sequence[str] = ()) -> str:
     """Defaults of ``/etc/lemo-edge/lemo-edge.env`` (install.sh installs it only where none exists).
 
+    Args:
+        camera: the camera URI.
+        sinks: extra sink URIs.
+        run_args: extra words of ``lemo-edge run`` (``--tile 256x256 --overlap 32 --roi x,y,w,h``).
+
     Raises:
-        InputError: the camera or a sink is not one word free of quoting (:func:`check_service_arg`).
+        InputError: the camera, a sink or a run argument is not one word free of quoting (:func:`check_service_arg`).
     """
     values = {
         "CAMERA": check_service_arg("--camera", camera),
         "SINKS": " ".join(check_service_arg("--sink", sink) for sink in sinks),
+        "RUN_ARGS": " ".join(check_service_arg("run argument", arg) for arg in run_args),
     }
     return render_template("lemo-edge.env", values)
 

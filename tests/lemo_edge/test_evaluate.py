@@ -301,3 +301,33 @@ def test_eval_letterbox_scores_the_content_only(tmp_path):
 def test_eval_bad_size_exits_2_naming_it(capsys):
     assert main(["eval", TINY, "--size", "250x256"]) == 2
     assert "size: expected H and W positive multiples of 32, got 250x256" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("protocol", ["online", "mixed"])
+def test_eval_with_tiles_scores_stitched_maps_of_the_roi(tmp_path, protocol, capsys):
+    out = tmp_path / "r.json"
+    wide = "synthetic://?seed=1&size=64&width=128&height=96&n_train=16&n_test_good=4&n_test_defect=4"
+    args = ["eval", wide, "--protocol", protocol, "--size", "32", "--memory-size", "256", "--set", "warmup=4"]
+    args += ["--tile", "32x32", "--overlap", "8", "--roi", "0,16,128,80", "--no-fewshot", "--json", str(out)]
+    args += ["--report", str(tmp_path / "rep")]
+    assert main(args) == 0
+    result = json.loads(out.read_text())
+    assert result["tiles"] == {"frame": [96, 128], "roi": [0, 16, 128, 80], "tile": [32, 32], "overlap": 8, "count": 15}
+    assert "baselines" not in result  # baselines score one square input per image: not run with tiles
+    assert 0.0 <= result["image_auroc"] <= 1.0 and result["pixel_auroc"] is not None
+    if protocol == "mixed":
+        assert result["defect_patches"] > 0 and result["prequential_image_auroc"] is not None
+    assert cv2.imread(str(tmp_path / "rep" / "grid.png")) is not None
+    assert "image AUROC" in capsys.readouterr().out
+
+
+def test_eval_tile_arguments_are_checked(capsys):
+    code = main(["eval", TINY, "--overlap", "8"])
+    assert code == 2
+    assert "--overlap: expected together with --tile, got --overlap 8 alone" in capsys.readouterr().err
+    code = main(["eval", TINY, "--tile", "32x32", "--overlap", "32"])
+    assert code == 2
+    assert "overlap: expected 0 <= overlap < 32 (the tile's smaller side), got 32" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["eval", TINY, "--roi", "1,2,3"])
+    assert "roi: expected x,y,w,h with x,y >= 0 and w,h >= 1, got '1,2,3'" in capsys.readouterr().err

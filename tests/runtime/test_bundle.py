@@ -41,9 +41,11 @@ from lemo_edge.runtime.bundle import (
     render_unit,
     verify_bundle,
 )
-from lemo_edge.runtime.bundle.templates import PLACEHOLDER, TEMPLATES, template_text
+from lemo_edge.runtime.bundle.build import tile_run_args
+from lemo_edge.runtime.bundle.templates import PLACEHOLDER, TEMPLATES, render_env_file, template_text
 from lemo_edge.runtime.main import main
 from lemo_edge.state import save_state
+from lemo_edge.tiling import TileSpec
 from lemo_edge.updater import OnlineUpdater
 
 SIZE = 64
@@ -178,6 +180,34 @@ def test_requirements_leave_torch_and_opencv_to_jetpack(bundle: Path) -> None:
 def test_env_file_carries_camera_and_sinks(bundle: Path) -> None:
     text = (bundle / "lemo-edge.env").read_text()
     assert f'LEMO_EDGE_CAMERA="{CAMERA}"' in text and f'LEMO_EDGE_SINKS="{SINK}"' in text
+    assert 'LEMO_EDGE_RUN_ARGS=""' in text  # the shipped state learned without tiles
+
+
+def test_tiles_go_to_the_unit_command_line_as_asked_or_as_the_state_learned(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["bundle", "--target", "jetson", "--out", str(tmp_path / "b"), "--size", str(SIZE), "--dry-run"]
+    code, out, _ = _cli(capsys, *base, "--tile", "256x256", "--overlap", "32", "--roi", "0,60,1920,960")
+    assert code == 0 and "lemo-edge.env (run --tile 256x256 --overlap 32 --roi 0,60,1920,960)" in out
+    text = render_env_file(CAMERA, [], ["--tile", "256x256", "--overlap", "32"])
+    assert 'LEMO_EDGE_RUN_ARGS="--tile 256x256 --overlap 32"' in text
+    with pytest.raises(InputError, match="run argument: expected one URI without spaces"):
+        render_env_file(CAMERA, [], ["--tile 1x1"])
+    layout = TileSpec((256, 256), 32, (0, 60, 1920, 960)).layout((1080, 1920))
+    meta = {"layout": layout.to_dict()}
+    words = ("--tile", "256x256", "--overlap", "32", "--roi", "0,60,1920,960")
+    assert tile_run_args(None, meta) == words  # a state learned with tiles runs with them
+    assert tile_run_args(None, {"layout": TileSpec((256, 256), 0).layout((1080, 1920)).to_dict()}) == (
+        "--tile",
+        "256x256",
+        "--overlap",
+        "0",
+    )
+    assert tile_run_args(TileSpec((256, 256), 32), meta) == words[:4] and tile_run_args(None, None) == ()
+    with pytest.raises(
+        InputError, match=r"--tile/--overlap/--roi: expected the state's layout \(tiles 256x256 overlap 32"
+    ):
+        tile_run_args(TileSpec((128, 128), 32), meta)
 
 
 # -- install.sh -------------------------------------------------------------------------------------------------------
@@ -313,7 +343,7 @@ def test_every_template_has_its_placeholders_and_a_missing_value_fails_loudly() 
     expected = {
         "install.sh": {"WHEEL_FILE", "ONNX_FILE", "BUNDLE_HAS_STATE", "WEIGHTS_REQUIREMENT", "PYCUDA_REQUIREMENT"},
         SERVICE: {"ONNX_NAME", "CAMERA"},
-        "lemo-edge.env": {"CAMERA", "SINKS"},
+        "lemo-edge.env": {"CAMERA", "SINKS", "RUN_ARGS"},
         "lemo-edge.logrotate": set(),
         "README.txt": {"VERSION", "ONNX_NAME", "STATE"},
     }

@@ -33,6 +33,7 @@ from lemo_edge.runtime.summary import RunSummary
 from lemo_edge.scoring import Nearest, nearest_memory
 from lemo_edge.state import load_state
 from lemo_edge.synthetic import synthetic_sample
+from lemo_edge.tiling import TileSpec
 from lemo_edge.updater import OnlineUpdater
 
 SIZE = 64
@@ -245,8 +246,9 @@ def test_bad_frames_are_skipped_counted_and_the_loop_goes_on(
         "skipped a frame (preprocess:InputError): frame 90: frame: expected (H, W, 3) uint8, got (64, 64, 3) float32; "
         "further 'preprocess:InputError' skips are only counted"
     ]
-    resized = [f for f, _ in sink.results if f.index == 93][0]
-    assert resized.image.shape == (SIZE, SIZE, 3)  # resized to the model's size, the map fits it
+    big_frame, big_result = [(f, r) for f, r in sink.results if f.index == 93][0]
+    assert big_frame.image.shape == (80, 96, 3)  # the sinks get the frame as it came, the map resized to it
+    assert big_result.anomaly_map is not None and big_result.anomaly_map.shape == (80, 96)
 
 
 def test_stop_flag_ends_the_run_after_the_current_frame(backend: ModuleBackend, tmp_path: Path) -> None:
@@ -495,16 +497,17 @@ def _shaped_frame(i: int, shape: tuple[int, int], defect: bool = False) -> Frame
 
 
 def test_frames_are_resized_to_h_by_w_of_a_non_square_model(backend: ModuleBackend) -> None:
-    """A 64x128 (H x W) model: 96 x 192 frames reach the sinks as 64 x 128 with a 64 x 128 map (cv2 takes (W, H):
-    a swap would hand out 128 x 64 frames)."""
+    """A 64x128 (H x W) model: 96 x 192 frames are resized to 64 x 128 for the model (cv2 takes (W, H): a swap
+    would feed 128 x 64 inputs, whose features the model refuses, and every frame would be skipped); the sinks get
+    the frames as they came, with the map at their 96 x 192 pixels."""
     updater = _updater(backend, CONFIG.replace(size="64x128"))
     sink = RecordingSink()
     frames = [_shaped_frame(i, (96, 192), defect=i % 4 == 3) for i in range(8)]
     summary = InspectionLoop(ListSource(frames), backend, updater, [sink]).run()
-    assert summary.frames == 8 and summary.updates > 0
-    assert {f.image.shape for f, _ in sink.results} == {(64, 128, 3)}
-    assert {f.mask.shape for f, _ in sink.results if f.mask is not None} == {(64, 128)}
-    assert {r.anomaly_map.shape for _, r in sink.results} == {(64, 128)}
+    assert summary.frames == 8 and summary.updates > 0 and not summary.skipped
+    assert updater.model.grid == (8, 16)
+    assert {f.image.shape for f, _ in sink.results} == {(96, 192, 3)}
+    assert {r.anomaly_map.shape for _, r in sink.results} == {(96, 192)}
 
 
 def test_letterbox_keeps_the_frame_and_maps_back_to_its_pixels(backend: ModuleBackend) -> None:
@@ -519,3 +522,125 @@ def test_letterbox_keeps_the_frame_and_maps_back_to_its_pixels(backend: ModuleBa
     assert all(f.image is g.image for (f, _), g in zip(sink.results, frames, strict=True))
     assert {r.anomaly_map.shape for _, r in sink.results} == {(48, 96)}
     assert all(math.isfinite(r.score) for _, r in sink.results)
+
+
+# -- tiles and a region of interest -----------------------------------------------------------------------------------
+
+TILE_CONFIG = ModelConfig(size=32, memory_size=512, warmup=4, insert_per_image=64)
+WIDE = (96, 128)  # (H, W) frames larger than the 32x32 model input
+
+
+def _wide_frame(i: int, square: tuple[int, int, int] | None = None) -> Frame:
+    """A 128x96 synthetic frame; ``square=(x, y, side)`` paints a white square there (an obvious defect)."""
+    image = synthetic_sample(0, i, size=64, shape=WIDE).image.copy()
+    if square is not None:
+        x, y, side = square
+        image[y : y + side, x : x + side] = 255
+    return Frame(image=image, index=i, timestamp=time.time(), label=int(square is not None))
+
+
+@pytest.mark.parametrize(
+    ("tiling", "square"),
+    [
+        (TileSpec((32, 32), 8), (70, 40, 10)),
+        (TileSpec((32, 32), 8, (16, 8, 96, 80)), (70, 40, 10)),
+        (None, (60, 30, 12)),
+    ],
+    ids=["tiles", "tiles-roi", "resized"],
+)
+def test_a_run_reports_boxes_in_the_frame_pixels(
+    backend: ModuleBackend, tmp_path: Path, tiling: TileSpec | None, square: tuple[int, int, int]
+) -> None:
+    frames = [_wide_frame(i) for i in range(24)] + [_wide_frame(24, square)]
+    sink = RecordingSink()
+    events = EventsSink(tmp_path / "events.jsonl")
+    updater = _updater(backend, TILE_CONFIG)
+    loop = InspectionLoop(ListSource(frames), backend, updater, [sink, events], tiling=tiling)
+    summary = loop.run()
+    events.close()
+    assert summary.frames == 25 and summary.skipped == {}
+    if tiling is not None:
+        assert updater.model.layout == tiling.layout(WIDE)
+    normal = [r for _, r in sink.results[:-1]]
+    assert all(r.boxes == [] for r in normal if not r.is_anomaly)
+    frame, result = sink.results[-1]
+    assert frame.image.shape == (*WIDE, 3) and result.anomaly_map is not None and result.anomaly_map.shape == WIDE
+    assert result.is_anomaly and result.boxes
+    x, y, w, h, peak = result.boxes[0]
+    sx, sy, side = square
+    assert x < sx + side and sx < x + w and y < sy + side and sy < y + h  # the box is on the square
+    # a box, not the frame: without tiles the 32x32 model sees the frame as 4 x 4 cells, and its smoothed map
+    # spreads one cell's defect over most of the frame (measured 104 x 74 of 128 x 96); tiles keep it small
+    share = 0.5 if tiling is not None else 0.75
+    assert x + w <= WIDE[1] and y + h <= WIDE[0] and w * h < share * WIDE[0] * WIDE[1]
+    assert peak == pytest.approx(result.score, rel=1e-3)  # without tiles: the map resized to the frame
+    if tiling is not None and tiling.roi is not None:
+        rx, ry, rw, rh = tiling.roi
+        assert rx <= x and ry <= y and x + w <= rx + rw and y + h <= ry + rh
+        outside = np.ones(WIDE, bool)
+        outside[ry : ry + rh, rx : rx + rw] = False
+        assert float(np.abs(result.anomaly_map[outside]).max()) == 0.0
+    record = json.loads((tmp_path / "events.jsonl").read_text().splitlines()[-1])
+    assert record["decision"] == "anomaly" and record["boxes"][0] == [x, y, w, h, pytest.approx(peak)]
+
+
+def test_tiles_learn_with_one_memory_and_the_layout_is_saved(backend: ModuleBackend, tmp_path: Path) -> None:
+    tiling = TileSpec((32, 32), 8)
+    frames = [_wide_frame(i) for i in range(8)]
+    with StateStore(tmp_path / "s") as store:
+        updater = _updater(backend, TILE_CONFIG)
+        summary = InspectionLoop(ListSource(frames), backend, updater, store=store, tiling=tiling).run()
+        assert summary.updates == 8 and updater.model.memory.items.shape[0] <= TILE_CONFIG.memory_size
+        layout = tiling.layout(WIDE)
+        assert updater.model.position_norm is not None
+        assert updater.model.position_norm.mean.shape == (layout.count, *updater.model.grid)
+        loaded = store.load(backend.spec)
+    assert loaded.model.layout == layout
+    with pytest.raises(
+        StateError,
+        match="tile layout: expected tiles 32x32 overlap 8 over roi 0,0,128,96 of a 128x96 "
+        r"frame \(20 tiles\) \(the model learned with it\), got no tiles and no roi",
+    ):
+        InspectionLoop(ListSource([]), backend, loaded)
+    with pytest.raises(StateError, match=r"got tiles 64x64 overlap 8"):
+        InspectionLoop(ListSource([]), backend, loaded, tiling=TileSpec((64, 64), 8))
+    with pytest.raises(StateError, match=r"got tiles 32x32 overlap 8 over roi 0,0,64,64"):
+        InspectionLoop(ListSource([]), backend, loaded, tiling=TileSpec((32, 32), 8, (0, 0, 64, 64)))
+    small = Frame(image=np.zeros((64, 96, 3), np.uint8), index=0, timestamp=time.time())
+    with pytest.raises(StateError, match=r"got tiles 32x32 overlap 8 over roi 0,0,96,64 of a 96x64 frame"):
+        InspectionLoop(ListSource([small]), backend, loaded, tiling=tiling).run()
+
+
+def test_a_roi_outside_the_frame_ends_the_run_with_a_clear_error(backend: ModuleBackend) -> None:
+    loop = InspectionLoop(
+        ListSource([_wide_frame(0)]), backend, _updater(backend, TILE_CONFIG), tiling=TileSpec(roi=(100, 0, 64, 64))
+    )
+    with pytest.raises(
+        InputError,
+        match=r"roi: expected a rectangle inside the 128x96 frame, got x=100,y=0,w=64,h=64 "
+        r"\(right edge 164 > 128\)",
+    ):
+        loop.run()
+
+
+def test_a_frame_of_another_size_than_the_tiles_is_skipped(backend: ModuleBackend) -> None:
+    frames = [
+        _wide_frame(0),
+        Frame(image=np.zeros((64, 64, 3), np.uint8), index=1, timestamp=time.time()),
+        _wide_frame(2),
+    ]
+    loop = InspectionLoop(ListSource(frames), backend, _updater(backend, TILE_CONFIG), tiling=TileSpec((32, 32), 8))
+    summary = loop.run()
+    assert summary.frames == 2 and summary.skipped == {"preprocess:InputError": 1}
+
+
+def test_tiles_count_defect_patches_from_masks(backend: ModuleBackend) -> None:
+    sample = synthetic_sample(0, 3, size=64, defect=True, shape=WIDE)
+    frames = [_wide_frame(i) for i in range(3)]
+    frames.append(Frame(sample.image, 3, time.time(), label=1, mask=sample.mask))
+    for frame in frames[:3]:
+        frame.mask = np.zeros(WIDE, np.uint8)
+    summary = InspectionLoop(
+        ListSource(frames), backend, _updater(backend, TILE_CONFIG), tiling=TileSpec((32, 32), 8)
+    ).run()
+    assert summary.contamination is not None and summary.contamination["defect_patches"] > 0

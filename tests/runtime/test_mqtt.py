@@ -42,7 +42,7 @@ CONFIG = ModelConfig(size=SIZE, memory_size=512, threshold_k=3.0)  # about 30 an
 FRAMES = 300
 SYNTHETIC = f"synthetic://?defect_rate=0.2&seed=0&size={SIZE}"
 TOPIC = "plant/line3/lemo"
-COMPARED = ("time", "frame", "score", "decision", "threshold", "updated", "label")
+COMPARED = ("time", "frame", "score", "decision", "threshold", "updated", "label", "boxes")
 
 
 # -- helpers ----------------------------------------------------------------------------------------------------------
@@ -287,6 +287,7 @@ def test_every_anomaly_event_is_published(broker: Broker, backend: ModuleBackend
     for want in expected:
         assert {k: got[want["frame"]].get(k) for k in COMPARED} == {k: want.get(k) for k in COMPARED}
         assert got[want["frame"]]["client_id"].startswith("lemo-edge-")
+        assert got[want["frame"]]["boxes"]  # an anomaly has its regions, in the frame's pixels
     assert sub.heartbeats and sub.heartbeats[-1]["type"] == "heartbeat"
     assert {"frames", "anomalies", "last_frame", "fps", "queued", "dropped"} <= set(sub.heartbeats[-1])
     assert not list((tmp_path / "queue").glob("*.json"))  # every message acknowledged and deleted

@@ -194,6 +194,14 @@ def test_unopenable_source_exits_1_with_a_message(tmp_path: Path, capsys: pytest
         (["--config", '{"sise": 64}'], "config: unknown fields ['sise']"),
         (["--config", "[1, 2]"], "--config: expected JSON text or a JSON file, got '[1, 2]' (no such file)"),
         (["--config", "{bad json"], "--config: expected a JSON object, got invalid JSON"),
+        (["--tile", "64x"], "argument --tile: tile: expected HxW with positive integers (e.g. 256x256), got '64x'"),
+        (["--roi", "1,2,3"], "argument --roi: roi: expected x,y,w,h with x,y >= 0 and w,h >= 1, got '1,2,3'"),
+        (["--overlap", "8"], "--overlap: expected together with --tile, got --overlap 8 alone"),
+        (
+            ["--tile", "32x64", "--overlap", "40"],
+            "overlap: expected 0 <= overlap < 32 (the tile's smaller side), got 40",
+        ),
+        (["--roi", "40,0,64,64"], "roi: expected a rectangle inside the 64x64 frame, got x=40,y=0,w=64,h=64"),
     ],
 )
 def test_bad_arguments_exit_2(
@@ -355,3 +363,26 @@ def test_run_at_a_non_square_size_with_letterbox_saves_and_resumes_that_shape(
     assert loaded.model.config.input_hw == (64, 128) and loaded.model.grid == (8, 16)
     code, _, err = run_cli(capsys, *base, "--frames", "1", "--size", "128x64")
     assert code != 0 and "'size': ((64, 128), (128, 64))" in err
+
+
+def test_a_tiled_run_of_wide_frames_reports_boxes_in_their_pixels(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    events, state = tmp_path / "events.jsonl", tmp_path / "s"
+    wide = "synthetic://?defect_rate=0.3&seed=0&size=64&width=160&height=96&defect_min=8&defect_max=16"
+    config = json.dumps({"size": 32, "memory_size": 512, "warmup": 4})
+    args = [wide, str(events), "--frames", "30", "--headless", "--state", str(state), "--config", config]
+    code, out, err = run_cli(capsys, *args, "--tile", "32x32", "--overlap", "8", "--backend", "torch")
+    assert code == 0, err
+    assert read_state(state)[0]["layout"] == {
+        "frame": [96, 160],
+        "roi": [0, 0, 160, 96],
+        "tile": [32, 32],
+        "overlap": 8,
+    }
+    records = _events(events)
+    assert len(records) == 30 and all("boxes" in r for r in records)
+    boxes = [b for r in records if r["decision"] == "anomaly" for b in r["boxes"]]
+    assert all(0 <= x and 0 <= y and x + w <= 160 and y + h <= 96 for x, y, w, h, _ in boxes)
+    code, _, err = run_cli(capsys, *args, "--backend", "torch")  # the state learned with tiles
+    assert code == 1 and "tile layout: expected tiles 32x32 overlap 8 over roi 0,0,160,96" in err

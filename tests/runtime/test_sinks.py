@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -108,11 +109,13 @@ def test_event_record_fields() -> None:
         "reason",
         "finite",
         "failing_sinks",
+        "boxes",
         "latency_ms",
         "label",
         "name",
     }
     assert record["failing_sinks"] == [] and record["finite"] is True and record["reason"] == ""
+    assert record["boxes"] == []
     when = datetime.fromisoformat(record["time"])
     assert when.utcoffset() == timedelta(0) and when.timestamp() == pytest.approx(1_700_000_003.25)
     assert record["frame"] == 3 and record["decision"] == "anomaly" and record["label"] == 1
@@ -127,6 +130,20 @@ def test_event_record_fields() -> None:
     record = event_record(_frame(6), result)
     assert record["failing_sinks"] == failing and record["learned"] is True and record["reason"] == "below threshold"
     json.dumps(record, allow_nan=False)
+    boxed = FrameResult(
+        9.0, None, True, 2.0, False, {}, boxes=[[1700.0, 900.0, 14.0, 12.0, 9.0], [3, 4, 5, 6, math.inf]]
+    )
+    record = event_record(_frame(7), boxed)
+    assert record["boxes"] == [[1700, 900, 14, 12, 9.0], [3, 4, 5, 6, None]]
+    json.dumps(record, allow_nan=False)
+
+
+def test_overlay_draws_the_boxes_in_the_image_pixels() -> None:
+    image = np.full((H, W, 3), 128, np.uint8)
+    out = render_overlay(image, None, THRESHOLD, score=8.0, boxes=[[40, 30, 20, 16, 8.0]])
+    assert (out[30, 40:60] == (255, 48, 48)).all() and (out[45, 40:60] == (255, 48, 48)).all()  # top and bottom
+    assert (out[30:46, 40] == (255, 48, 48)).all() and (out[30:46, 59] == (255, 48, 48)).all()  # left and right
+    assert (out[31:45, 41:59] == 128).all() and (out[50:, :] == 128).all()  # nothing drawn inside or elsewhere
 
 
 def test_events_sink_writes_flushed_jsonl(tmp_path: Path) -> None:
