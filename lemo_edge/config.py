@@ -7,7 +7,7 @@ import json
 import math
 import numbers
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,7 +148,7 @@ class ModelConfig:
     @property
     def input_hw(self) -> tuple[int, int]:
         """``(H, W)`` of the model's input in pixels (``(size, size)`` for an int ``size``)."""
-        return (self.size, self.size) if isinstance(self.size, int) else (self.size[0], self.size[1])
+        return size_hw(self.size)
 
     @property
     def pending_rows(self) -> int:
@@ -187,6 +187,13 @@ class ModelConfig:
 
 
 SIZE_ALIGNMENT = 32  # the backbones' output stride: every input side is a multiple of it
+
+
+def size_hw(size: int | Sequence[int]) -> tuple[int, int]:
+    """``(H, W)`` of an input size as configs and benchmarks hold it: a side (a square) or ``(H, W)``."""
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
 _HW = re.compile(r"^\s*(\d+)\s*(?:[xX]\s*(\d+)\s*)?$")
 
 

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from lemo_edge import metrics
 from lemo_edge.baselines import GreedyBank, ReservoirBank, patchcore_bank, patchcore_scores
-from lemo_edge.config import ModelConfig
+from lemo_edge.config import ModelConfig, size_hw
 from lemo_edge.contamination import ContaminationCounter, defect_patches
 from lemo_edge.datasets import DatasetSplits, resize_sample
 from lemo_edge.errors import InputError
@@ -122,7 +122,7 @@ def encode(
     Raises:
         InputError: with ``letterbox``, images of different shapes (their content would differ).
     """
-    hw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    hw = size_hw(size)
     feats, labels, masks, names, images, cells = [], [], [], [], {}, []
     keep_set = set(keep)
     first: Letterbox | None = None

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lemo_edge.config import ModelConfig, parse_input_size
+from lemo_edge.config import ModelConfig, parse_input_size, size_hw
 from lemo_edge.errors import InputError
 
 TARGET_FRAME_MS = 20.0
@@ -18,11 +18,6 @@ TARGET_LEMO_VS_PATCHCORE = 3.0
 
 TARGET_K_SCALING = (32768, 8192, 2.0)
 """Frame p50 at the first K at most the last number times the frame p50 at the second K (default top-k)."""
-
-
-def size_hw(size: int | tuple[int, int]) -> tuple[int, int]:
-    """``(H, W)`` of a bench size (a side or ``(H, W)``)."""
-    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
 def size_key(size: int | tuple[int, int]) -> int | str:

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from lemo_edge.config import size_hw
 from lemo_edge.runtime.bench.timing import device_sync, measure_stages
 from lemo_edge.utils import package_version
 
@@ -240,7 +241,7 @@ def backbone_cost(extractor: torch.nn.Module, size: int | tuple[int, int], dim: 
     from torch.utils.flop_counter import FlopCounterMode
 
     device = next(extractor.parameters()).device
-    height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    height, width = size_hw(size)
     images = torch.zeros((1, 3, height, width), dtype=torch.uint8, device=device)
     activations = [0]
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from lemo_edge.config import ModelConfig
+from lemo_edge.config import ModelConfig, size_hw
 from lemo_edge.errors import BackendUnavailableError, InputError
 from lemo_edge.runtime.bench.config import BenchConfig
 from lemo_edge.runtime.bench.timing import FRAME, Stage, Sync, Timed, interleave, ratio
@@ -71,7 +71,7 @@ class JpegFrames:
         if bgr is None:
             raise InputError(f"frames: expected a decodable JPEG, got frame {index % len(self.encoded)} corrupt")
         rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-        h, w = (size, size) if isinstance(size, int) else size
+        h, w = size_hw(size)
         return cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)  # cv2 takes (width, height)
 
 

@@ -16,14 +16,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from lemo_edge.config import ModelConfig
+from lemo_edge.config import ModelConfig, size_hw
 from lemo_edge.errors import BackendUnavailableError, InputError, LemoError, MissingDependencyError
 from lemo_edge.runtime.bench.config import (
     TARGET_FRAME_MS,
     TARGET_K_SCALING,
     TARGET_LEMO_VS_PATCHCORE,
     BenchConfig,
-    size_hw,
     size_key,
     size_text,
 )

@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from lemo_edge.config import ModelConfig, parse_input_size
+from lemo_edge.config import ModelConfig, parse_input_size, size_hw
 from lemo_edge.errors import InputError
 from lemo_edge.runtime.bundle.templates import (
     CACHE_ROOT,
@@ -74,14 +74,14 @@ def onnx_file_name(backbone: str, size: int | tuple[int, int], version: str, ops
     The service runs with ``LEMO_EDGE_CACHE=/var/lib/lemo-edge`` and install.sh puts the file in
     ``/var/lib/lemo-edge/onnx/``, so ``lemo-edge run --backend auto`` finds it instead of exporting again.
     """
-    h, w = (size, size) if isinstance(size, int) else size
+    h, w = size_hw(size)
     safe_version = re.sub(r"[^A-Za-z0-9.]+", "_", version)
     return f"{backbone}-{h}x{w}-opset{opset}-lemo{safe_version}.onnx"
 
 
 def _hw_text(size: int | Sequence[int]) -> str:
     """``256`` -> ``"256x256"``, ``[640, 256]`` -> ``"640x256"`` (H x W)."""
-    h, w = (size, size) if isinstance(size, int) else size
+    h, w = size_hw(size)
     return f"{h}x{w}"
 
 

@@ -62,6 +62,23 @@ def test_exact_topk_matches_reference() -> None:
     assert torch.allclose(dist[:, 0], ref.nearest_distance, atol=1e-5)
 
 
+def _append_and_remove(
+    index: MemoryIndex, items: torch.Tensor, steps: int, seed: int, drops: int, generator: torch.Generator
+) -> torch.Tensor:
+    """What a memory does to its index: ``steps`` rounds of 64 appended items then ``drops`` random removals;
+    returns the items the index should now hold, in order."""
+    for step in range(steps):
+        new = _clustered(64, seed=seed + step)
+        index.add(new)
+        items = torch.cat([items, new])
+        drop = torch.randperm(items.shape[0], generator=generator)[:drops]
+        index.remove(drop)
+        keep = torch.ones(items.shape[0], dtype=torch.bool)
+        keep[drop] = False
+        items = items[keep]
+    return items
+
+
 @pytest.mark.parametrize("backend", ["exact", *APPROX])
 def test_rows_follow_appends_and_merges(backend: str) -> None:
     """After adds and removals, ``index`` is the row in the current items (checked on the items themselves)."""
@@ -70,15 +87,7 @@ def test_rows_follow_appends_and_merges(backend: str) -> None:
     index.reset(items)
     assert not index.exact or backend == "exact" or (backend in SHORTLISTS and not shortlist_in_hardware(backend))
     g = torch.Generator().manual_seed(3)
-    for step in range(6):
-        new = _clustered(64, seed=10 + step)
-        index.add(new)
-        items = torch.cat([items, new])
-        drop = torch.randperm(items.shape[0], generator=g)[:40]
-        index.remove(drop)
-        keep = torch.ones(items.shape[0], dtype=torch.bool)
-        keep[drop] = False
-        items = items[keep]
+    items = _append_and_remove(index, items, steps=6, seed=10, drops=40, generator=g)
     assert torch.equal(index.items, items)
     # queries that are items: their nearest row must be themselves
     rows = torch.randperm(items.shape[0], generator=g)[:200]
@@ -197,15 +206,7 @@ def test_shortlist_copy_follows_appends_and_merges(backend: str) -> None:
     centre = index._centre.clone()
     assert torch.allclose(centre, items.mean(0))
     g = torch.Generator().manual_seed(5)
-    for step in range(5):
-        new = _clustered(64, seed=20 + step)
-        index.add(new)
-        items = torch.cat([items, new])
-        drop = torch.randperm(items.shape[0], generator=g)[:50]
-        index.remove(drop)
-        keep = torch.ones(items.shape[0], dtype=torch.bool)
-        keep[drop] = False
-        items = items[keep]
+    items = _append_and_remove(index, items, steps=5, seed=20, drops=50, generator=g)
     n = items.shape[0]
     assert torch.equal(index.items, items) and torch.equal(index._centre, centre)  # the centre stays
     if backend == "int8":
