@@ -23,6 +23,9 @@ class Frame:
         label: ground-truth label (0 normal, 1 anomalous) when the source knows it (synthetic, datasets), else None.
         mask: ``(H, W) uint8`` ground-truth defect mask (non-zero = defect) when known, else None.
         name: file name or sample name when the source has one, else ``""``.
+        resized: ``(h, w, 3) uint8`` the image already resized to the model's input by the source (in its capture
+            thread, when it was opened with a ``size``), else None. ``image`` and ``mask`` stay as captured: the
+            sinks draw on them and events give boxes in their pixels.
     """
 
     image: np.ndarray
@@ -31,6 +34,7 @@ class Frame:
     label: int | None = None
     mask: np.ndarray | None = None
     name: str = ""
+    resized: np.ndarray | None = None
 
 
 @dataclass(eq=False)

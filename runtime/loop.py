@@ -6,8 +6,9 @@ Per frame, in one thread (the source captures in its own)::
 
 A frame larger than the model input may be cut into tiles (``tiling``, :mod:`lemo_edge.tiling`): the tiles are one
 batch through the backbone and one decision in the step, and the sinks get the frame as captured with the stitched
-map and the anomalous regions' boxes in its pixels. Without tiles the frame is resized to the model input and the
-map is resized back to the frame for the sinks.
+map and the anomalous regions' boxes in its pixels. Without tiles the frame is resized to the model input (by the
+source, in its capture thread, when it was opened with the model's ``size``), and the map is resized back to the frame
+as captured for the sinks: their overlays and the events' boxes are in the frame's own pixels either way.
 
 The math lives in the core: :meth:`lemo_edge.inspector.Inspector.step` scores, decides and learns, as it does for
 the evaluation and the benchmark. This module feeds it, times the stages around it, keeps the counters, hands the
@@ -112,9 +113,10 @@ class InspectionLoop:
     """Runs a model over a source: per-frame decisions, gated online learning, sinks, durable state.
 
     Args:
-        source: an opened :class:`~lemo_edge.runtime.sources.Source` (its frames should already be the model's
-            ``H x W`` (``config.input_hw``); other shapes are resized here, or letterboxed with ``config.letterbox``:
-            then the sinks get the frame as it came and the map at its pixels).
+        source: an opened :class:`~lemo_edge.runtime.sources.Source`, best opened with the model's ``size``
+            (``config.input_hw``) so that its capture thread resizes the frames (``Frame.resized``); frames without
+            that copy are resized here, letterboxed (``config.letterbox``) or cut into tiles. The sinks get every
+            frame as captured, with the map and the boxes at its pixels.
         backend: feature backend, ``(1, 3, H, W) uint8`` cpu -> ``(1, D, H/s, W/s) float32`` (any device).
         updater: the model's online updater; the model must be on the device the features are moved to.
         sinks: result sinks; :class:`~lemo_edge.runtime.sinks.EventsSink` ones are written last, so their
@@ -365,10 +367,12 @@ class InspectionLoop:
             image = letterbox_image(image, self.input_hw)[0]
             if mask is not None:
                 mask = letterbox_image(mask, self.input_hw)[0]
+        elif frame.resized is not None and frame.resized.shape[:2] == (h, w):  # resized by the source already
+            image = frame.resized
         elif image.shape[:2] != (h, w):
             image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)  # cv2 takes (width, height)
-            if mask is not None:
-                mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
+        if mask is not None and not self.letterbox and mask.shape[:2] != (h, w):
+            mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
         if self._input is None:
             pin = self.device.type == "cuda"
             self._input = torch.empty((1, 3, h, w), dtype=torch.uint8, pin_memory=pin)

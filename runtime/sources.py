@@ -357,13 +357,10 @@ class Source:
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             self._skip("unsupported_format", f"expected (H, W, 3) uint8, got {describe(image)}")
             return None
-        mask = raw.mask
         h, w = image.shape[:2]
-        if self.size is not None:
-            if (h, w) != self.size:
-                image = cv2.resize(image, (self.size[1], self.size[0]), interpolation=cv2.INTER_AREA)
-            if mask is not None and mask.shape[:2] != self.size:
-                mask = cv2.resize(mask, (self.size[1], self.size[0]), interpolation=cv2.INTER_NEAREST)
+        resized = None
+        if self.size is not None:  # the model's input, made here in the capture thread; the frame stays as captured
+            resized = image if (h, w) == self.size else cv2.resize(image, self.size[::-1], interpolation=cv2.INTER_AREA)
         elif self._expected_hw is None:
             self._expected_hw = (h, w)
         elif (h, w) != self._expected_hw:
@@ -374,8 +371,9 @@ class Source:
             index=self._next_index,
             timestamp=time.time(),
             label=None if raw.label is None else int(raw.label),
-            mask=mask,
+            mask=raw.mask,
             name=raw.name,
+            resized=None if resized is None else np.ascontiguousarray(resized),
         )
         self._next_index += 1
         return frame
@@ -428,7 +426,7 @@ class CaptureSource(Source):
         target: what the capture factory opens (camera index, device path, URL, pipeline string, file path).
         api: OpenCV backend preference (``cv2.CAP_ANY``, ``cv2.CAP_V4L2``, ``cv2.CAP_GSTREAMER``, ...).
         live: True for cameras and streams (drop oldest frames, reconnect); False for files (block, end on EOF).
-        size: ``(height, width)`` frames are resized to, or None to keep the first frame's size.
+        size: ``(height, width)`` of ``Frame.resized`` (the model's input), or None to keep the first frame's size.
         queue_size: frames buffered between the capture thread and the consumer.
         reconnect: reopen a live source that stops delivering; if False, the stream ends instead.
         capture_factory: opens ``(target, api)``; defaults to ``cv2.VideoCapture``. Tests pass a fake.
@@ -560,7 +558,7 @@ class ImageFolderSource(Source):
     Args:
         uri: the URI the source was opened from (for messages).
         paths: the image files, in the order they are read.
-        size: ``(height, width)`` frames are resized to, or None to keep the first image's size.
+        size: ``(height, width)`` of ``Frame.resized`` (the model's input), or None to keep the first image's size.
         queue_size: frames buffered between the reading thread and the consumer.
 
     Raises:
@@ -602,7 +600,7 @@ class SyntheticSource(Source):
 
     Args:
         uri: ``synthetic://?seed=0&defect_rate=0.1&size=256`` (parsed by ``lemo_edge.synthetic.parse_synthetic_uri``).
-        size: ``(height, width)`` frames are resized to, or None.
+        size: ``(height, width)`` of ``Frame.resized`` (the model's input), or None.
         queue_size: frames buffered between the generator thread and the consumer.
 
     Raises:
@@ -657,8 +655,9 @@ def open_source(
         uri: camera index, ``/dev/videoN``, ``v4l2://N``, ``csi://N[?width=&height=&fps=&flip=]``, ``rtsp://``,
             ``rtsps://``, ``http(s)://`` stream, video file path or ``file://PATH``, folder of images or image file,
             ``synthetic://?...``.
-        size: ``(height, width)`` every frame is resized to (``cv2.INTER_AREA``); None keeps the first frame's size
-            and skips frames of another size.
+        size: ``(height, width)`` every frame is also resized to (``cv2.INTER_AREA``, in the capture thread) as
+            ``Frame.resized``, the frame itself staying as captured; None: no resized copy, and frames of another
+            size than the first are skipped.
         queue_size: frames buffered between the capture thread and the consumer (>= 1).
         reconnect: reopen a live source that stops delivering (exponential backoff 0.1 s doubling up to 5 s).
         capture_factory: opens ``(target, api_preference)`` for camera/stream/video sources; defaults to

@@ -584,6 +584,32 @@ def test_a_run_reports_boxes_in_the_frame_pixels(
     assert record["decision"] == "anomaly" and record["boxes"][0] == [x, y, w, h, pytest.approx(peak)]
 
 
+def test_a_source_resizing_for_the_model_leaves_the_frame_and_its_boxes_in_captured_pixels(
+    backend: ModuleBackend, tmp_path: Path
+) -> None:
+    """A folder of 128x96 images opened at the 32x32 model input, as ``lemo-edge run`` opens it without tiles: the
+    capture thread resizes each frame for the model (``Frame.resized``), the sinks and events get the frame as
+    captured, with the map and the box at its pixels (not at the model's 32 x 32)."""
+    square = (60, 30, 12)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(25):
+        frame = _wide_frame(i, square if i == 24 else None)
+        cv2.imwrite(str(folder / f"f{i:03d}.png"), cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR))
+    sink = RecordingSink()
+    with open_source(str(folder), size=(32, 32)) as source:
+        summary = InspectionLoop(source, backend, _updater(backend, TILE_CONFIG), [sink]).run()
+    assert summary.frames == 25 and summary.skipped == {}
+    frame, result = sink.results[-1]
+    assert frame.resized is not None and frame.resized.shape == (32, 32, 3)
+    assert frame.image.shape == (*WIDE, 3) and result.anomaly_map is not None and result.anomaly_map.shape == WIDE
+    assert result.is_anomaly and result.boxes
+    x, y, w, h, _ = result.boxes[0]
+    sx, sy, side = square
+    assert x < sx + side and sx < x + w and y < sy + side and sy < y + h
+    assert x + w <= WIDE[1] and y + h <= WIDE[0] and max(x + w, y + h) > 32  # frame pixels, beyond the model's 32
+
+
 def test_tiles_learn_with_one_memory_and_the_layout_is_saved(backend: ModuleBackend, tmp_path: Path) -> None:
     tiling = TileSpec((32, 32), 8)
     frames = [_wide_frame(i) for i in range(8)]

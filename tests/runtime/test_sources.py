@@ -226,7 +226,8 @@ def test_video_file_resized(tmp_path: Path) -> None:
     _write_video(path, 3)
     with open_source(str(path), size=(24, 40)) as source:
         frames = list(source)
-    assert len(frames) == 3 and all(f.image.shape == (24, 40, 3) for f in frames)
+    assert len(frames) == 3 and all(f.resized is not None and f.resized.shape == (24, 40, 3) for f in frames)
+    assert all(f.image.shape == (H, W, 3) for f in frames)  # the frame itself stays as captured, for the sinks
 
 
 def test_folder_skips_corrupt_and_mismatched_images(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -356,7 +357,8 @@ def test_synthetic_source_carries_label_and_mask() -> None:
     assert {f.label for f in frames} == {0, 1}
     with open_source("synthetic://?seed=3&defect_rate=0.5&size=64", size=(32, 48)) as source:
         frame = next(source)
-    assert frame.image.shape == (32, 48, 3) and frame.mask is not None and frame.mask.shape == (32, 48)
+    assert frame.resized is not None and frame.resized.shape == (32, 48, 3)
+    assert frame.image.shape == (64, 64, 3) and frame.mask is not None and frame.mask.shape == (64, 64)
 
 
 def test_synthetic_source_errors(monkeypatch: pytest.MonkeyPatch) -> None:
