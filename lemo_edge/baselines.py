@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from lemo_edge.memory import nearest_other
-from lemo_edge.scoring import gaussian_kernel1d, nearest_memory, squared_distances
+from lemo_edge.scoring import gaussian_kernel1d, mask_padding, nearest_memory, squared_distances
 
 
 def kcenter_greedy(x: torch.Tensor, k: int, projection_dim: int = 128, seed: int = 0) -> torch.Tensor:
@@ -141,7 +141,12 @@ class GreedyBank:
 
 
 def patchcore_scores(
-    bank: torch.Tensor, features: torch.Tensor, size: tuple[int, int], sigma: float = 4.0, neighbors: int = 9
+    bank: torch.Tensor,
+    features: torch.Tensor,
+    size: tuple[int, int],
+    sigma: float = 4.0,
+    neighbors: int = 9,
+    valid: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Anomaly maps and image scores as PatchCore computes them (Roth et al. 2022; anomalib's PatchCore).
 
@@ -156,22 +161,26 @@ def patchcore_scores(
         size: ``(H, W)`` of the input images.
         sigma: Gaussian sigma of the map in input pixels.
         neighbors: bank items of the re-weighting (PatchCore's b = 9); 1 disables it.
+        valid: ``(h, w) bool`` content cells of letterboxed images (``lemo_edge.letterbox.valid_cells``), or None:
+            every cell. Padded cells take the image's lowest content score and never hold its maximum.
 
     Returns:
         ``(B, H, W) float32`` maps and ``(B,) float32`` image scores.
     """
-    patch, score = patchcore_patch_scores(bank, features, neighbors)
+    patch, score = patchcore_patch_scores(bank, features, neighbors, valid)
     return patchcore_maps(patch, size, sigma), score
 
 
 def patchcore_patch_scores(
-    bank: torch.Tensor, features: torch.Tensor, neighbors: int = 9
+    bank: torch.Tensor, features: torch.Tensor, neighbors: int = 9, valid: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """PatchCore's patch scores ``(B, h, w)`` and re-weighted image scores ``(B,)`` (see :func:`patchcore_scores`)."""
     b, d, h, w = features.shape
     z = features.float().flatten(2).transpose(1, 2).reshape(-1, d)
     nearest = nearest_memory(z, bank, 1)
     patch = nearest.score.view(b, h * w)
+    if valid is not None:
+        patch = mask_padding(patch.view(b, h, w), valid.expand(b, h, w)).view(b, h * w)
     rows = torch.arange(b, device=z.device)
     top = patch.argmax(dim=1)
     score = patch[rows, top]

@@ -36,7 +36,7 @@ from lemo_edge.letterbox import Letterbox, letterbox_image, valid_cells
 from lemo_edge.memory import CoresetMemory
 from lemo_edge.model import LemoModel
 from lemo_edge.samples import Sample
-from lemo_edge.scoring import anomaly_map, image_scores, nearest_memory
+from lemo_edge.scoring import anomaly_map, image_scores, mask_padding, nearest_memory
 from lemo_edge.tiling import Tiler, TileSpec
 from lemo_edge.updater import OnlineUpdater
 
@@ -190,15 +190,24 @@ def score_model(
 
 
 def score_bank(
-    bank: torch.Tensor, features: torch.Tensor, size: tuple[int, int], sigma: float, k: int = 1, batch: int = 16
+    bank: torch.Tensor,
+    features: torch.Tensor,
+    size: tuple[int, int],
+    sigma: float,
+    k: int = 1,
+    batch: int = 16,
+    valid: torch.Tensor | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Maps and image scores of cached features against a plain memory bank ``(n, D)``."""
+    """Maps and image scores of cached features against a plain memory bank ``(n, D)``; ``valid``: ``(h, w) bool``
+    content cells of letterboxed images (padded cells take the image's lowest content score), or None."""
     maps, scores = [], []
     for start in range(0, features.shape[0], batch):
         f = features[start : start + batch].float()
         b, d, h, w = f.shape
         z = f.flatten(2).transpose(1, 2).reshape(-1, d)
         patch = nearest_memory(z, bank, min(k, bank.shape[0])).score.view(b, h, w)
+        if valid is not None:
+            patch = mask_padding(patch, valid.expand(b, h, w))
         m = anomaly_map(patch, size, sigma)
         maps.append(m.numpy())
         scores.append(image_scores(m).numpy())
@@ -206,13 +215,18 @@ def score_bank(
 
 
 def score_patchcore(
-    bank: torch.Tensor, features: torch.Tensor, size: tuple[int, int], sigma: float, batch: int = 16
+    bank: torch.Tensor,
+    features: torch.Tensor,
+    size: tuple[int, int],
+    sigma: float,
+    batch: int = 16,
+    valid: torch.Tensor | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Maps and image scores of cached features ``(N, D, h, w)`` as PatchCore scores them
-    (:func:`lemo_edge.baselines.patchcore_scores`)."""
+    (:func:`lemo_edge.baselines.patchcore_scores`; ``valid`` as there)."""
     maps, scores = [], []
     for start in range(0, features.shape[0], batch):
-        m, s = patchcore_scores(bank, features[start : start + batch].float(), size, sigma)
+        m, s = patchcore_scores(bank, features[start : start + batch].float(), size, sigma, valid=valid)
         maps.append(m.numpy())
         scores.append(s.numpy())
     return np.concatenate(maps), np.concatenate(scores)
@@ -460,7 +474,7 @@ class Evaluator:
         )
         result["_grid"] = _grid(test, maps, grid)
         if self.baselines:
-            result["baselines"] = self._baselines(train.features[torch.tensor(order)], test, result)
+            result["baselines"] = self._baselines(train.features[torch.tensor(order)], train.valid, test, result)
         if self.tiler is not None:
             result["tiles"] = self.tiler.layout.to_dict() | {"count": self.tiler.count}
         return result
@@ -576,11 +590,18 @@ class Evaluator:
 
     # -- baselines ---------------------------------------------------------------------------
 
-    def _baselines(self, train: torch.Tensor, test: Encoded, result: dict[str, Any]) -> dict[str, Any]:
-        """Run the baselines on the training features ``(N, D, h, w) float16`` in stream order."""
+    def _baselines(
+        self, train: torch.Tensor, train_valid: torch.Tensor | None, test: Encoded, result: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Run the baselines on the training features ``(N, D, h, w) float16`` in stream order.
+
+        Letterboxed (``train_valid`` and ``test.valid``: content cells), they learn the content cells only and
+        score as the model does: a padded cell never holds a map's maximum."""
         size, sigma, k = self.config.input_hw, self.config.sigma, self.config.memory_size
         dim = train.shape[1]
         patches = train.flatten(2).transpose(1, 2)  # (N, P, D) float16, in stream order
+        if train_valid is not None:
+            patches = patches[:, train_valid.flatten().cpu()]  # the padding is not part of the surface
         out: dict[str, Any] = {}
         for name in self.baselines:
             t = time.perf_counter()
@@ -607,10 +628,11 @@ class Evaluator:
                     )
                     greedy.add(zf, nearest)
                 bank, note = greedy.items, f"online, greedy bank of {k} (add above running p95, merge closest)"
+            valid = None if test.valid is None else test.valid.cpu()
             if name == "patchcore":
-                maps, s = score_patchcore(bank, test.features, size, sigma)
+                maps, s = score_patchcore(bank, test.features, size, sigma, valid=valid)
             else:
-                maps, s = score_bank(bank, test.features, size, sigma)
+                maps, s = score_bank(bank, test.features, size, sigma, valid=valid)
             entry = compute_metrics(maps, s, test)
             entry.update(items=int(bank.shape[0]), note=note, seconds=time.perf_counter() - t)
             result["roc"][name] = _roc(s, test.labels)

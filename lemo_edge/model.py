@@ -13,7 +13,7 @@ from lemo_edge.config import ModelConfig
 from lemo_edge.errors import InputError, StateError, describe
 from lemo_edge.knn import create_memory_index
 from lemo_edge.memory import CoresetMemory, LearnedMemory
-from lemo_edge.scoring import Nearest, Scorer, anomaly_map, image_scores
+from lemo_edge.scoring import Nearest, Scorer, anomaly_map, image_scores, mask_padding
 from lemo_edge.tiling import TileLayout
 
 
@@ -92,23 +92,6 @@ class PositionNorm(nn.Module):
         if not self.ready:
             return patch
         return (patch - self.mean) / (self.var + self.eps).sqrt()
-
-
-def mask_padding(patch: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Patch scores with every padded cell set to its image's lowest content score.
-
-    The smoothed map is a weighted mean of patch scores, so padded cells then never raise it above what the
-    content holds, and the image score (its maximum) is the content's.
-
-    Args:
-        patch: ``(B, h, w) float32``.
-        valid: ``(B, h, w) bool`` content cells (at least one per image), same device.
-
-    Returns:
-        ``(B, h, w) float32``.
-    """
-    low = patch.masked_fill(~valid, math.inf).flatten(1).amin(1).view(-1, 1, 1)
-    return torch.where(valid, patch, low)
 
 
 class Scores(NamedTuple):

@@ -193,6 +193,23 @@ def anomaly_map(patch_scores: torch.Tensor, size: tuple[int, int], sigma: float 
     return torch.matmul(torch.matmul(rows, patch_scores.float()), cols.T)
 
 
+def mask_padding(patch: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Patch scores with every padded cell set to its image's lowest content score.
+
+    The smoothed map is a weighted mean of patch scores, so padded cells then never raise it above what the
+    content holds, and the image score (its maximum) is the content's.
+
+    Args:
+        patch: ``(B, h, w) float32``.
+        valid: ``(B, h, w) bool`` content cells (at least one per image), same device.
+
+    Returns:
+        ``(B, h, w) float32``.
+    """
+    low = patch.masked_fill(~valid, math.inf).flatten(1).amin(1).view(-1, 1, 1)
+    return torch.where(valid, patch, low)
+
+
 def image_scores(maps: torch.Tensor) -> torch.Tensor:
     """Image score = maximum of the smoothed map: ``(B, H, W)`` -> ``(B,) float32``."""
     return maps.flatten(1).amax(1)

@@ -47,3 +47,22 @@ def test_patchcore_scores_reweight_the_maximum_by_its_neighbourhood():
     _, weighted = patchcore_scores(bank, features, (4, 8), sigma=0, neighbors=3)
     # the maximum's nearest item (1) and its neighbours 1, 0, 10 lie at 4, 5, 5 from it
     assert weighted.item() == pytest.approx(4.0 * (1.0 - 1.0 / (1.0 + 2.0 * math.e)), rel=1e-5)
+
+
+def test_baselines_never_take_a_letterbox_padding_cell_as_the_maximum():
+    """Letterboxed images (``valid``: content cells): a padded cell far from the bank neither holds the image score
+    nor raises the map; it takes the image's lowest content score, as the model's scores do."""
+    from lemo_edge.baselines import patchcore_patch_scores, patchcore_scores
+    from lemo_edge.evaluate import score_bank
+
+    bank = torch.tensor([[0.0], [1.0]])
+    features = torch.tensor([[0.5, 3.0], [100.0, 100.0]]).view(1, 1, 2, 2)  # bottom row: padding, far from all
+    valid = torch.tensor([[True, True], [False, False]])
+    patch, score = patchcore_patch_scores(bank, features, neighbors=1, valid=valid)
+    assert patch[0].tolist() == [[0.5, 2.0], [0.5, 0.5]] and score.tolist() == [2.0]
+    _, unmasked = patchcore_patch_scores(bank, features, neighbors=1)
+    assert unmasked.tolist() == [99.0]  # what the padding gave before
+    maps, _ = patchcore_scores(bank, features, (4, 4), sigma=0, neighbors=1, valid=valid)
+    assert float(maps.max()) == 2.0
+    maps, scores = score_bank(bank, features, (4, 4), sigma=0, valid=valid)
+    assert float(maps.max()) <= 2.0 + 1e-6 and scores.tolist() == pytest.approx([2.0])
