@@ -42,7 +42,8 @@ class ModelConfig:
         position_norm: normalise patch scores per position by running statistics of accepted
             images' scores (see model.PositionNorm).
         position_window: window (images) of those running statistics.
-        insert_per_image: (coreset) at most this many items inserted per image.
+        insert_per_image: (coreset) at most this many items inserted per image; a frame cut into T tiles may
+            insert T times that, at most K / 8 (``lemo_edge.memory.frame_budget``).
         merge_slack: (coreset) when K is exceeded, merge down to ``(1 - merge_slack) * K`` items:
             small values merge a little on most images instead of much every few images (same
             accuracy, a far lower p99 of the update; docs/method.md section 7).

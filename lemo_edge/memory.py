@@ -198,6 +198,7 @@ class CoresetMemory(nn.Module):
         surprise: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
         frame_patches: int = 0,
+        budget: int | None = None,
     ) -> int:
         """Learn from one image's patches; returns how many became confirmed or pending items.
 
@@ -213,6 +214,8 @@ class CoresetMemory(nn.Module):
             positions: ``(P,) int64`` each patch's index in its frame when ``z`` is a subset of the frame's
                 ``frame_patches`` patches (letterbox content); tags then use those. ``None``: ``z`` is the frame.
             frame_patches: patches of the whole frame (with ``positions``).
+            budget: most patches chosen from this image (``None``: :attr:`insert_per_image`); a frame cut into
+                ``T`` tiles is ``T`` model inputs (:func:`frame_budget`).
         """
         if z.ndim != 2 or nearest.shape != z.shape[:1] or (index is not None and index.shape != nearest.shape):
             raise InputError(
@@ -222,7 +225,8 @@ class CoresetMemory(nn.Module):
         self.learned += 1
         self.clock.fill_(self.learned)
         empty = self.size + self.pending == 0
-        chosen = farthest_first(z, None if empty else nearest, self.insert_per_image, self.coverage_radius)
+        steps = self.insert_per_image if budget is None else budget
+        chosen = farthest_first(z, None if empty else nearest, steps, self.coverage_radius)
         new = z[chosen].float()
         if positions is not None:
             tags = tag * frame_patches + positions[chosen] if tag >= 0 else torch.full_like(chosen, -1)
@@ -393,6 +397,18 @@ class CoresetMemory(nn.Module):
         # one read at load time; the mirrors follow the loaded buffers
         self.size, self.pending, self.learned = int(self.count), int(self.pending_count), int(self.clock)
         self.coverage_radius = float(self.radius)
+
+
+def frame_budget(per_input: int, inputs: int, capacity: int) -> int:
+    """Items one frame may insert when it is ``inputs`` model inputs (tiles): ``per_input`` for each, at most an
+    eighth of the memory's ``capacity`` K per frame (but never less than ``per_input``), so that one frame cannot
+    replace much of what the memory holds.
+
+    A 1920x1080 frame in 256x256 tiles is 45 inputs: with the defaults (64 per input, K = 8192) it may insert
+    1024 items, where one budget for the whole frame (64) left most of its surface uncovered for hundreds of
+    frames (``benchmarks/results/tile-check.md``).
+    """
+    return max(per_input, min(per_input * max(1, inputs), capacity // 8))
 
 
 def farthest_first(z: torch.Tensor, nearest: torch.Tensor | None, steps: int, radius: float) -> torch.Tensor:

@@ -15,7 +15,7 @@ import torch
 
 from lemo_edge.config import ModelConfig
 from lemo_edge.loss import compactness_loss, contrastive_loss, pairwise_distances
-from lemo_edge.memory import CoresetMemory, LearnedMemory
+from lemo_edge.memory import CoresetMemory, LearnedMemory, frame_budget
 from lemo_edge.model import LemoModel, Scores
 from lemo_edge.threshold import OnlineThreshold
 
@@ -163,11 +163,12 @@ class OnlineUpdater:
         if isinstance(memory, CoresetMemory):
             norm = self.model.position_norm
             surprise = scores.patch.reshape(-1) if norm is not None and norm.ready else None
+            budget = frame_budget(memory.insert_per_image, scores.embeddings.shape[0], memory.capacity)
             if keep is None:
-                inserted = memory.insert(z, nearest, index, tag, surprise)
+                inserted = memory.insert(z, nearest, index, tag, surprise, budget=budget)
             else:
                 surprise = None if surprise is None else surprise.index_select(0, keep)
-                inserted = memory.insert(z, nearest, index, tag, surprise, keep, patches)
+                inserted = memory.insert(z, nearest, index, tag, surprise, keep, patches, budget=budget)
             self._stats.inserted += inserted
             if self.optimizer is not None:
                 self._gradient_steps(features, keep)

@@ -13,6 +13,7 @@ from lemo_edge.backbone import FeatureLevel, FeatureSpec
 from lemo_edge.config import ModelConfig
 from lemo_edge.errors import InputError, StateError
 from lemo_edge.inspector import Inspector
+from lemo_edge.memory import frame_budget
 from lemo_edge.model import LemoModel
 from lemo_edge.state import load_state, save_state
 from lemo_edge.tiling import (
@@ -275,3 +276,16 @@ def test_state_with_tiles_reloads_with_them(tmp_path: Path) -> None:
     torch.testing.assert_close(again.assess(probe).map, inspector.assess(probe).map)
     with pytest.raises(StateError, match="tile layout: expected tiles 32x32 .* got no tiles and no roi"):
         Inspector(loaded).use_tiler(None)
+
+
+def test_a_tiled_frame_inserts_per_tile_at_most_an_eighth_of_the_memory() -> None:
+    """The first frame into an empty memory inserts its farthest-first patches up to the budget: one image's 16 for
+    an untiled frame, 16 per tile for a tiled one, capped at K / 8 (here 256 / 8 = 32)."""
+    assert [frame_budget(16, t, 256) for t in (0, 1, 2, 20)] == [16, 16, 32, 32]
+    assert frame_budget(64, 45, 8192) == 1024 and frame_budget(64, 2, 8192) == 128
+    assert frame_budget(16, 20, 64) == 16  # never below one input's budget
+    layout = TileSpec((32, 32), 8).layout(FRAME)
+    for tiles, tiler, expected in ((1, None, 16), (layout.count, Tiler(layout, CONFIG.input_hw), 32)):
+        model = LemoModel(CONFIG.replace(memory_size=256, admission="coverage"), SPEC)
+        Inspector(OnlineUpdater(model), tiler=tiler).step(_features(tiles, 0), force=True)
+        assert model.memory.items.shape[0] == expected, tiles
