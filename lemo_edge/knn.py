@@ -51,6 +51,11 @@ SHORTLISTS: dict[str, tuple[torch.dtype, frozenset[str]]] = {  # product dtype, 
     "bf16": (torch.bfloat16, frozenset({"avx512_bf16", "amx_bf16", "bf16"})),
     "int8": (torch.int8, frozenset({"avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm"})),
 }
+# int8: each item's ranking bias is folded into the product as FOLD extra int8 columns (see _fold_bias): one
+# remainder column (query side 1) and FOLD - 1 columns of whole 127s (query side 127), so biases spanning up to
+# 126 + (FOLD - 1) * 127 * 127 units need no separate pass over the (N, K) products.
+FOLD = 8
+FOLD_SPAN = 126 + (FOLD - 1) * 127 * 127
 HINTS: dict[str, tuple[str, str, str]] = {  # backend: (module, distribution, pip hint)
     "faiss-ivf": ("faiss", "faiss-cpu", "pip install 'lemo-edge[knn]'  (or: pip install faiss-cpu)"),
     "usearch": ("usearch.index", "usearch", "pip install 'lemo-edge[knn]'  (or: pip install usearch)"),
@@ -358,15 +363,17 @@ class MemoryIndex:
         return labels
 
     def _write_low(self, start: int, rows: torch.Tensor) -> None:
-        """The low-precision copy of ``rows`` at row ``start`` (grown with the bank)."""
+        """The low-precision copy of ``rows`` at row ``start`` (grown with the bank; int8 rows have :data:`FOLD`
+        more columns, written per search by :meth:`_fold_bias`)."""
         if self._low.shape[0] < self._bank.shape[0]:
-            grown = torch.zeros(self._bank.shape[0], self._bank.shape[1], dtype=self._dtype)
+            width = self._bank.shape[1] + (FOLD if self._dtype == torch.int8 else 0)
+            grown = torch.zeros(self._bank.shape[0], width, dtype=self._dtype)
             grown[: self._low.shape[0]] = self._low
             grown_sq = torch.zeros(self._bank.shape[0])
             grown_sq[: self._low_sq.shape[0]] = self._low_sq
             self._low, self._low_sq = grown, grown_sq
         centred = rows - self._centre
-        self._low[start : start + rows.shape[0]] = _quantise(centred, self._scale, self._dtype)
+        self._low[start : start + rows.shape[0], : rows.shape[1]] = _quantise(centred, self._scale, self._dtype)
         self._low_sq[start : start + rows.shape[0]] = (centred * centred).sum(1)
 
     def _maybe_build(self) -> None:
@@ -377,7 +384,8 @@ class MemoryIndex:
                 self._centre = self.items.mean(0)
                 # int8: later items beyond the range saturate (only their shortlist rank can suffer)
                 self._scale = max(float((self.items - self._centre).abs().max()), 1e-12) / 127.0
-                self._low = torch.zeros(0, self._bank.shape[1], dtype=self._dtype)
+                width = self._bank.shape[1] + (FOLD if self._dtype == torch.int8 else 0)
+                self._low = torch.zeros(0, width, dtype=self._dtype)
                 self._low_sq = torch.zeros(0)
                 self._write_low(0, self.items)
             return
@@ -442,25 +450,38 @@ class MemoryIndex:
 
     def _shortlist_topk(self, z: torch.Tensor, k: int, block: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
         """The ``max(k, shortlist)`` nearest rows by the low-precision product, ranked by exact float32 distances."""
-        n = self._n
-        low, low_sq, bank = self._low[:n], self._low_sq[:n], self._bank[:n]
+        n, dim = self._n, self._bank.shape[1]
+        low, low_sq, bank = self._low[:n, :dim], self._low_sq[:n], self._bank[:n]
         short = min(n, max(k, self.shortlist))
         centred = z - self._centre
         bias = low_sq
+        folded = False
         if self._dtype == torch.int8:
             step = max(float(centred.abs().max()), 1e-12) / 127.0  # the queries' quantisation step
             queries = _quantise(centred, step, torch.int8)
             # ranked in units of the int8 product: ||m - c||^2 / (2 step scale) - q.m, all in int32 (no float pass;
-            # the bias rounds by half a unit; clamped far below int32 overflow)
+            # the bias rounds by half a unit, less its smallest value, which ranks the same)
             unit = 2.0 * step * self._scale
-            bias = (low_sq.double() / unit).round_().clamp_(-(2**30), 2**30).to(torch.int32)
+            exact_bias = (low_sq.double() / unit).round_()
+            exact_bias -= exact_bias.min()
+            folded = float(exact_bias.max()) <= FOLD_SPAN
+            if folded:  # bias - q.m as one product: [-q, 1, 127, ...] . [m, remainder, 127s, ...]
+                self._fold_bias(exact_bias.to(torch.int32))
+                low = self._low[:n]
+                side = torch.full((z.shape[0], FOLD), 127, dtype=torch.int8)
+                side[:, 0] = 1
+                queries = torch.cat([queries.neg_(), side], dim=1)
+            else:  # clamped far below int32 overflow
+                bias = exact_bias.clamp_(max=2**30).to(torch.int32)
         else:
             queries = centred.to(self._dtype)
         dists, rows = [], []
         for start in range(0, z.shape[0], block):
             # ||m - c||^2 - 2 (z - c).(m - c): the squared distance less ||z - c||^2, which ranks the same
             part = queries[start : start + block]
-            if self._dtype == torch.int8:
+            if folded:
+                partial = torch._int_mm(part, low.T)
+            elif self._dtype == torch.int8:
                 partial = torch._int_mm(part, low.T)
                 torch.sub(bias, partial, out=partial)
             else:
@@ -471,6 +492,17 @@ class MemoryIndex:
             dists.append(best.sqrt_())
             rows.append(candidates.gather(1, order))
         return torch.cat(dists), torch.cat(rows)
+
+    def _fold_bias(self, bias: torch.Tensor) -> None:
+        """Write ``bias (n,) int32`` (0 <= bias <= :data:`FOLD_SPAN`) into the int8 rows' :data:`FOLD` extra columns:
+        the remainder ``bias mod 127``, then ``bias // 127`` in whole columns of up to 127 each, so that the row's
+        product with ``[.., 1, 127, 127, ...]`` adds exactly ``bias``."""
+        n, dim = self._n, self._bank.shape[1]
+        whole = torch.div(bias, 127, rounding_mode="floor")
+        extra = self._low[:n, dim:]
+        extra[:, 0] = (bias - 127 * whole).to(torch.int8)
+        steps = 127 * torch.arange(FOLD - 1, dtype=torch.int32)
+        extra[:, 1:] = (whole[:, None] - steps).clamp_(0, 127).to(torch.int8)
 
     def search(self, z: torch.Tensor, k: int) -> Nearest:
         """What :func:`lemo_edge.scoring.nearest_memory` returns for ``z (N, D) float cpu`` and the current items.

@@ -135,6 +135,8 @@ class LemoModel(nn.Module):
         dim = config.embed_dim or spec.dim
         self.adapter = CoordAdapter(spec.dim, dim)
         self.adapter.requires_grad_(config.adapter)
+        self._identity_checked: tuple[int, int, int] | None = None
+        self._identity = False
         self.memory: CoresetMemory | LearnedMemory
         if config.method == "coreset":
             index = create_memory_index(config.knn, seed=config.seed) if config.knn != "exact" else None
@@ -189,9 +191,34 @@ class LemoModel(nn.Module):
             raise InputError(f"features: expected (B, {', '.join(map(str, expected))}) float, got {describe(features)}")
 
     def embed(self, features: torch.Tensor) -> torch.Tensor:
-        """``(B, D, h, w) float`` -> ``(B, h*w, D') float32`` patch embeddings."""
+        """``(B, D, h, w) float`` -> ``(B, h*w, D') float32`` patch embeddings.
+
+        An adapter that is not trained (``config.adapter`` false) and still the identity it starts as is skipped:
+        its 1x1 convolution would return the features unchanged, at the cost of a convolution and a copy a frame.
+        """
+        if self._adapter_is_identity():
+            return features.float().flatten(2).transpose(1, 2)
         out = self.adapter(features.float())
         return out.flatten(2).transpose(1, 2)
+
+    def _adapter_is_identity(self) -> bool:
+        """Whether the adapter is an untrained identity (checked again whenever its weights change)."""
+        if self.config.adapter:
+            return False
+        conv = self.adapter.conv
+        assert conv.bias is not None  # CoordAdapter creates it
+        version = (conv.weight._version, conv.bias._version, conv.weight.data_ptr())
+        if self._identity_checked != version:
+            d = self.spec.dim
+            weight = conv.weight[:, :, 0, 0]
+            self._identity = (
+                weight.shape == (d, d + 2)
+                and bool(torch.equal(weight[:, :d], torch.eye(d, device=weight.device)))
+                and not bool(weight[:, d:].any())
+                and not bool(conv.bias.any())
+            )
+            self._identity_checked = version
+        return self._identity
 
     def use_scorer(self, scorer: Scorer | None) -> None:
         """Search the memory with ``scorer`` (e.g. the CUDA kernel) instead of the torch reference.

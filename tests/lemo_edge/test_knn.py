@@ -7,12 +7,14 @@ import importlib.util
 import pytest
 import torch
 
+from lemo_edge import knn
 from lemo_edge.errors import InputError, MissingDependencyError
 from lemo_edge.knn import (
     BACKENDS,
     HINTS,
     SHORTLISTS,
     MemoryIndex,
+    _exact_topk,
     available_backends,
     backend_status,
     shortlist_in_hardware,
@@ -213,7 +215,7 @@ def test_shortlist_copy_follows_appends_and_merges(backend: str) -> None:
         low = ((items - centre) / index._scale).round().clamp(-127, 127).to(torch.int8)
     else:
         low = (items - centre).to(torch.bfloat16)
-    assert torch.equal(index._low[:n], low)
+    assert torch.equal(index._low[:n, : items.shape[1]], low)  # int8 rows also hold the folded bias after them
     assert torch.allclose(index._low_sq[:n], ((items - centre) ** 2).sum(1))
     found = index.search(items[:100], 1)
     assert torch.equal(found.index, torch.arange(100))
@@ -231,3 +233,31 @@ def test_shortlist_without_hardware_searches_exactly(backend: str, monkeypatch: 
     got, ref = index.search(z, 3), nearest_memory(z, items, 3)
     assert torch.equal(got.index, ref.index) and torch.equal(got.score, ref.score)
     assert "searches exactly" in {s.name: s for s in knn.backend_status()}[backend].reason
+
+
+@pytest.mark.skipif(not shortlist_in_hardware("int8"), reason="no int8 dot products in this CPU")
+def test_int8_bias_folded_into_the_product_ranks_exactly_as_a_separate_subtraction(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The int8 search adds each item's bias through extra product columns; the shortlist, and so the result, is the
+    one of the separate subtraction it replaces (bit for bit), and biases beyond the folded span take that path."""
+    g = torch.Generator().manual_seed(11)
+    span = knn.FOLD_SPAN
+    items = torch.randn(3000, 24, generator=g) * torch.linspace(0.2, 3.0, 3000)[:, None]  # wide spread of norms
+    z = torch.randn(300, 24, generator=g) * 1.5
+    index = MemoryIndex("int8", min_items=1)
+    index.reset(items)
+    folded = index.search_topk(z, 3)
+    extra = index._low[: len(index), items.shape[1] :]
+    assert extra.shape == (3000, knn.FOLD) and bool((extra != 0).any())  # the bias is in the product
+    monkeypatch.setattr(knn, "FOLD_SPAN", -1)  # every bias beyond it: the separate subtraction
+    separate = index.search_topk(z, 3)
+    assert torch.equal(folded[0], separate[0]) and torch.equal(folded[1], separate[1])
+    truth = _exact_topk(z, items, 3)
+    assert float((folded[1] == truth[1]).float().mean()) > 0.99
+    # the folding itself, on biases up to its span: the extra columns' product with [1, 127, 127, ...] is the bias
+    bias = torch.cat([torch.tensor([0, 1, 126, 127, 128, 16128, 16129, span - 1, span])] * 3)
+    bias = torch.cat([bias, torch.randint(0, span + 1, (3000 - bias.numel(),), generator=g)]).to(torch.int32)
+    index._fold_bias(bias)
+    side = torch.tensor([1] + [127] * (knn.FOLD - 1), dtype=torch.int32)
+    assert torch.equal(index._low[: len(index), items.shape[1] :].int() @ side, bias)

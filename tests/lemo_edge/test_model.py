@@ -32,6 +32,28 @@ def test_embed_flattens_patches_row_major():
     assert torch.equal(emb[0, 8 * 2 + 3], features[0, :, 2, 3])
 
 
+def test_an_untrained_identity_adapter_is_skipped_and_a_changed_one_is_not(monkeypatch: pytest.MonkeyPatch):
+    model = LemoModel(ModelConfig(size=64), SPEC)
+    features = torch.randn(2, 6, 8, 8)
+    calls = []
+
+    def count(adapter: CoordAdapter) -> None:
+        monkeypatch.setattr(adapter, "forward", lambda f: calls.append(1) or CoordAdapter.forward(adapter, f))
+
+    count(model.adapter)
+    assert torch.equal(model.embed(features), model.adapter(features).flatten(2).transpose(1, 2))
+    assert len(calls) == 1  # the reference call above; embed did not run the convolution
+    with torch.no_grad():
+        model.adapter.conv.weight[0, 6, 0, 0] = 0.5  # a state whose adapter learned something
+    changed = model.embed(features)
+    assert len(calls) == 2 and torch.equal(changed, model.adapter(features).flatten(2).transpose(1, 2))
+    assert not torch.equal(changed, features.flatten(2).transpose(1, 2))
+    trained = LemoModel(ModelConfig(size=64, method="lemo", adapter=True), SPEC)  # trained: always convolved
+    count(trained.adapter)
+    trained.embed(features)
+    assert len(calls) == 4
+
+
 def test_position_norm_passes_raw_scores_until_ready_then_z_scores():
     norm = PositionNorm((2, 2), window=64, min_count=3)
     raw = torch.tensor([[[1.0, 2.0], [3.0, 4.0]]])
