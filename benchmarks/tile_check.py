@@ -1,20 +1,21 @@
 """Tiles for large frames (issue 15): small defects in 1920x1080 frames, tiled against squashed.
 
-Runs ``lemo-edge run`` (in-process, the command line users run) twice over the same synthetic stream of
+Runs ``lemo-edge run`` (in-process, the command line users run) three times over the same synthetic stream of
 1920x1080 frames with defects of 10-20 px (``synthetic://?width=1920&height=1080&defect_min=10&defect_max=20``,
 10% defects, seed 0):
 
 * squashed: the whole frame resized to the 256x256 model input (no ``--tile``);
-* tiled: ``--tile 256x256 --overlap 32`` (tiles scored as one batch, one decision per frame).
+* tiled: ``--tile 256x256 --overlap 32`` (tiles scored as one batch, one decision per frame);
+* magnified: the same tiles into a 512x512 model input (``--size 512``, below).
 
-Both from an empty state, one torch thread, the onnxruntime backend on the CPU (``--backend torch`` works too).
+All from an empty state, one torch thread, the onnxruntime backend on the CPU (``--backend torch`` works too).
 The figure of merit is the prequential image AUROC (each frame scored before the model learned from it) over
-the run's frames. Writes ``tile-check.json`` and ``tile-check.md`` (both AUROCs, times, the commands).
+the run's frames. Writes ``tile-check.json`` and ``tile-check.md`` (the AUROCs, times, the commands).
 
-Run: ``.venv/bin/python benchmarks/tile_check.py [--frames 300] [--out benchmarks/results]`` (the tiled run
-takes most of the time: about 45 tiles per frame). ``--size 512`` gives the tiled run a 512x512 model input: each
-256x256 tile is magnified 2x, so a 10 px defect spans two or three of the backbone's 8 px cells instead of one or
-two (four times the cost per frame).
+Run: ``.venv/bin/python benchmarks/tile_check.py [--frames 300] [--out benchmarks/results]`` (the tiled runs
+take the time: about 45 tiles per frame; ``--only CASE`` runs one). The magnified run (``--magnified 512``, the
+default; 0 skips it) gives the tiles a 512x512 model input: each tile is magnified 2x, so a 10 px defect spans two
+or three of the backbone's 8 px cells instead of one or two (four times the cost per frame; about 40 min here).
 
 ``--stationary`` adds (to an existing ``tile-check.json``) a check without the stream's drift: a tiled model learns
 30 normal frames (forced, in order), then scores 16 held-out normal and 16 defective frames with its state fixed,
@@ -167,9 +168,11 @@ def main() -> None:
     parser.add_argument("--tile", default="256x256")
     parser.add_argument("--overlap", default="32")
     parser.add_argument(
-        "--size", default=None, help="model input of the tiled run (e.g. 512: each 256x256 tile magnified 2x)"
+        "--magnified",
+        default="512",
+        help="model input of the third run, the same tiles magnified (512: each 256x256 tile 2x); 0: no such run",
     )
-    parser.add_argument("--only", choices=("squashed", "tiled"), default=None, help="run one case only")
+    parser.add_argument("--only", choices=("squashed", "tiled", "magnified"), default=None, help="run one case only")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--stationary", action="store_true", help="only add the check without drift (see above)")
     parser.add_argument("--config", default=None, metavar="JSON", help="ModelConfig fields for both runs")
@@ -183,18 +186,23 @@ def main() -> None:
         write_markdown(result, args.out / "tile-check.md")
         print((args.out / "tile-check.md").read_text())
         return
-    tiled_name = f"tiles {args.tile} overlap {args.overlap}" + (f" into {args.size}" if args.size else "")
-    tiled = ["--tile", args.tile, "--overlap", args.overlap] + (["--size", args.size] if args.size else [])
-    cases = {"squashed 256x256": [], tiled_name: tiled}
+    tiled = ["--tile", args.tile, "--overlap", args.overlap]
+    cases = {  # key: (name, extra arguments)
+        "squashed": ("squashed 256x256", []),
+        "tiled": (f"tiles {args.tile} overlap {args.overlap}", tiled),
+    }
+    if args.magnified not in ("0", ""):
+        name = f"tiles {args.tile} overlap {args.overlap} into {args.magnified}"
+        cases["magnified"] = (name, [*tiled, "--size", args.magnified])
     if args.config:
         suffix = ", " + ", ".join(f"{k}={v}" for k, v in json.loads(args.config).items())
-        cases = {name + suffix: [*extra, "--config", args.config] for name, extra in cases.items()}
+        cases = {key: (name + suffix, [*extra, "--config", args.config]) for key, (name, extra) in cases.items()}
     results = []
     with tempfile.TemporaryDirectory(prefix="lemo-tile-check-") as tmp:
-        for name, extra in cases.items():
-            if args.only and not name.startswith(args.only[:4]):
+        for key, (name, extra) in cases.items():
+            if args.only and key != args.only:
                 continue
-            work = Path(tmp) / name.split()[0].rstrip(",")
+            work = Path(tmp) / key
             work.mkdir()
             results.append(run_case(name, extra, args.frames, args.backend, work))
             print(json.dumps({k: v for k, v in results[-1].items() if k != "latency_ms"}), flush=True)
