@@ -234,7 +234,7 @@ class MemoryIndex:
         min_items: int = 2048,
         threads: int = 1,
         seed: int = 0,
-        shortlist: int = 8,
+        shortlist: int = 4,
     ) -> None:
         if backend not in BACKENDS:
             raise InputError(f"knn backend: expected one of {list(BACKENDS)}, got {backend!r}")

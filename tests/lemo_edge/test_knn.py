@@ -194,8 +194,8 @@ def test_shortlist_recall_and_exact_distances(backend: str) -> None:
     assert torch.allclose(dist, (items[rows] - z[:, None, :]).norm(dim=2), atol=1e-4)  # exact distances of rows
     ref = nearest_memory(z, items, 3)
     recall = index.recall_at_k(z, items, 3)
-    print(f"{backend} shortlist 8: recall@3 {recall:.4f}")
-    assert recall >= 0.99
+    print(f"{backend} shortlist {index.shortlist}: recall@3 {recall:.4f}")
+    assert recall >= 0.98  # 0.9922 (int8) / 0.9993 (bf16) on these tight clusters; 0.998 on a Magnetic Tile memory
     assert bool((index.search(z, 3).score >= ref.score - 1e-3).all())
     assert float((index.search(z, 3).score - ref.score).abs().max()) < 0.01 * float(ref.score.mean())
 
@@ -245,7 +245,7 @@ def test_int8_bias_folded_into_the_product_ranks_exactly_as_a_separate_subtracti
     span = knn.FOLD_SPAN
     items = torch.randn(3000, 24, generator=g) * torch.linspace(0.2, 3.0, 3000)[:, None]  # wide spread of norms
     z = torch.randn(300, 24, generator=g) * 1.5
-    index = MemoryIndex("int8", min_items=1)
+    index = MemoryIndex("int8", min_items=1, shortlist=8)
     index.reset(items)
     folded = index.search_topk(z, 3)
     extra = index._low[: len(index), items.shape[1] :]
