@@ -479,11 +479,10 @@ class MemoryIndex:
         for start in range(0, z.shape[0], block):
             # ||m - c||^2 - 2 (z - c).(m - c): the squared distance less ||z - c||^2, which ranks the same
             part = queries[start : start + block]
-            if folded:
+            if self._dtype == torch.int8:
                 partial = torch._int_mm(part, low.T)
-            elif self._dtype == torch.int8:
-                partial = torch._int_mm(part, low.T)
-                torch.sub(bias, partial, out=partial)
+                if not folded:
+                    torch.sub(bias, partial, out=partial)
             else:
                 partial = torch.add(bias, torch.mm(part, low.T).float(), alpha=-2.0)
             _, candidates = smallest_k(partial, short)  # (b, short)

@@ -196,9 +196,7 @@ class LemoModel(nn.Module):
         An adapter that is not trained (``config.adapter`` false) and still the identity it starts as is skipped:
         its 1x1 convolution would return the features unchanged, at the cost of a convolution and a copy a frame.
         """
-        if self._adapter_is_identity():
-            return features.float().flatten(2).transpose(1, 2)
-        out = self.adapter(features.float())
+        out = features.float() if self._adapter_is_identity() else self.adapter(features.float())
         return out.flatten(2).transpose(1, 2)
 
     def _adapter_is_identity(self) -> bool:
