@@ -345,6 +345,25 @@ def build_patchcore_bank(config: BenchConfig, pipe: FramePipeline) -> tuple[torc
     return bank.to(pipe.device), info
 
 
+def knn_search_threads(knn: str, torch_threads: int) -> int:
+    """Threads a memory searching with ``knn`` runs its search on when torch runs ``torch_threads`` threads."""
+    from lemo_edge.knn import SHORTLISTS, shortlist_in_hardware, usable_cores
+
+    if knn in SHORTLISTS and shortlist_in_hardware(knn) and torch_threads == 1:
+        return min(4, usable_cores())
+    return torch_threads
+
+
+def search_threads(model: Any) -> int:
+    """Threads a LeMO frame's nearest-memory search runs on: the index's worker threads when it splits its
+    queries among them (shortlist backends, torch on one intra-op thread; lemo_edge.knn), else torch's threads."""
+    from lemo_edge.knn import SHORTLISTS
+
+    index = getattr(model.memory, "index", None)
+    splits = index is not None and index.backend in SHORTLISTS and not index.exact and torch.get_num_threads() == 1
+    return int(index.threads) if splits else torch.get_num_threads()
+
+
 def lemo_vs_patchcore(
     pipe: FramePipeline, bank: torch.Tensor, warmup: int, iters: int, sync: Sync = None
 ) -> tuple[int, dict[str, dict[str, Any]]]:
@@ -353,7 +372,8 @@ def lemo_vs_patchcore(
     PatchCore's frame scores as PatchCore does (:mod:`lemo_edge.baselines`): ``score`` (nearest neighbour over
     the bank, the image score re-weighted over the 9 nearest bank items of the maximum's nearest item),
     ``map`` (nearest upsampling, Gaussian, image score read back), both timed by a
-    :class:`lemo_edge.timing.StageTimer` as the step times its own.
+    :class:`lemo_edge.timing.StageTimer` as the step times its own. PatchCore's scoring runs on as many
+    torch threads as LeMO's search uses (:func:`search_threads`), so that neither gets more cores.
 
     Args:
         pipe: the LeMO pipeline; its preprocess and backbone stages feed PatchCore too.
@@ -372,11 +392,19 @@ def lemo_vs_patchcore(
     size = pipe.config.input_hw
     sigma = pipe.config.sigma
 
+    threads = search_threads(model)
+
     def pc_step(features: torch.Tensor) -> Timed:
         timer = StageTimer(pipe.device)
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            with torch.no_grad():
+                patch, score = patchcore_patch_scores(bank, features)
+        finally:
+            torch.set_num_threads(previous)
+        timer.mark("score")
         with torch.no_grad():
-            patch, score = patchcore_patch_scores(bank, features)
-            timer.mark("score")
             patchcore_maps(patch, size, sigma)
             values = score.tolist()  # the frame's host synchronisation, as in the step
             timer.mark("map")

@@ -261,3 +261,31 @@ def test_int8_bias_folded_into_the_product_ranks_exactly_as_a_separate_subtracti
     index._fold_bias(bias)
     side = torch.tensor([1] + [127] * (knn.FOLD - 1), dtype=torch.int32)
     assert torch.equal(index._low[: len(index), items.shape[1] :].int() @ side, bias)
+
+
+@pytest.mark.parametrize("backend", SHORT)
+def test_shortlist_search_split_among_threads_gives_the_same_result(backend: str) -> None:
+    """The query blocks searched side by side on worker threads: bit for bit what one thread finds, and the workers
+    run torch on one core each (no team of OpenMP threads per worker)."""
+    items, z = _clustered(4000, d=64), _clustered(1000, d=64, seed=9)  # 8 blocks of 128 queries, the last short
+    index = MemoryIndex(backend, min_items=256, threads=1)
+    index.reset(items)
+    alone = index.search_topk(z, 3)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # split only when torch runs one intra-op thread (as lemo-edge run does)
+    try:
+        for threads in (2, 3):
+            index.threads = threads
+            split = index.search_topk(z, 3)
+            assert torch.equal(split[0], alone[0]) and torch.equal(split[1], alone[1])
+        assert knn._search_pool(2).submit(torch.get_num_threads).result() == 1
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_threads_default_and_bad_value() -> None:
+    assert MemoryIndex("int8").threads == min(4, knn.usable_cores())
+    assert MemoryIndex("int8", threads=1).threads == 1
+    assert MemoryIndex("exact").threads == 1
+    with pytest.raises(InputError, match="knn threads: expected >= 0 or None, got -1"):
+        MemoryIndex("int8", threads=-1)
