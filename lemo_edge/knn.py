@@ -26,9 +26,8 @@ Backends (chosen by ``benchmarks/knn_study.py``, results in ``benchmarks/results
   per search, both centred): on a CPU with int8 dot products (AVX-VNNI, AVX512-VNNI, AMX, Arm dotprod) the
   product costs half the bfloat16 one. Without such a CPU it searches exactly (logged).
 
-The shortlist backends split a frame's queries among ``threads`` Python threads, each running its torch ops on
-one core (the product, selection and re-rank of a block of queries release the GIL): on the two cores of the
-reference machine a frame's search takes 0.63 of its single-thread time when the machine is quiet.
+The shortlist backends split a frame's query blocks among ``threads`` Python threads, each running its torch ops
+on one core (:mod:`lemo_edge.workers`).
 
 An approximate search can only over-estimate a distance (a nearer item may be missed), never under-estimate.
 Below ``min_items`` items every backend searches exactly. All tensors are CPU ``float32``.
@@ -39,8 +38,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -49,6 +46,7 @@ import torch
 
 from lemo_edge.errors import InputError, MissingDependencyError, describe
 from lemo_edge.scoring import Nearest, nearest_memory, smallest_k
+from lemo_edge.workers import default_workers, run_slices
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +268,7 @@ class MemoryIndex:
         if threads is not None and threads < 0:
             raise InputError(f"knn threads: expected >= 0 or None, got {threads}")
         if backend in SHORTLISTS:
-            self.threads = threads or min(4, usable_cores())
+            self.threads = threads or default_workers()
         else:
             self.threads = 1 if threads is None else threads
         self.seed = seed
@@ -491,17 +489,11 @@ class MemoryIndex:
             queries = centred.to(self._dtype)
         # ||m - c||^2 - 2 (z - c).(m - c): the squared distance less ||z - c||^2, which ranks the same
         blocks = [(start, min(start + block, z.shape[0])) for start in range(0, z.shape[0], block)]
-        slices = min(len(blocks), self.threads if torch.get_num_threads() == 1 else 1)
-        if slices == 1:
-            return self._search_blocks(queries, z, low, bias, folded, blocks, k, short)
-        cut = [len(blocks) * i // slices for i in range(slices + 1)]
-        parts = [blocks[cut[i] : cut[i + 1]] for i in range(slices)]
-        pending = [
-            _search_pool(slices - 1).submit(self._search_blocks, queries, z, low, bias, folded, part, k, short)
-            for part in parts[1:]
-        ]
-        first = self._search_blocks(queries, z, low, bias, folded, parts[0], k, short)
-        done = [first] + [future.result() for future in pending]
+        done = run_slices(
+            lambda first, last: self._search_blocks(queries, z, low, bias, folded, blocks[first:last], k, short),
+            len(blocks),
+            self.threads,
+        )
         return torch.cat([d for d, _ in done]), torch.cat([r for _, r in done])
 
     def _search_blocks(
@@ -580,17 +572,6 @@ class MemoryIndex:
         _, found = self.search_topk(z, k)
         hits = (found[:, :, None] == truth[:, None, :]).any(2).sum(1)
         return float(hits.double().mean() / k)
-
-
-def usable_cores() -> int:
-    """CPUs this process may run on (its affinity where the OS reports one)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-@functools.lru_cache(maxsize=4)
-def _search_pool(workers: int) -> ThreadPoolExecutor:
-    """A process-wide pool of ``workers`` search threads, each running torch ops on one core."""
-    return ThreadPoolExecutor(workers, thread_name_prefix="lemo-knn", initializer=torch.set_num_threads, initargs=(1,))
 
 
 def _quantise(rows: torch.Tensor, step: float, dtype: torch.dtype) -> torch.Tensor:

@@ -23,6 +23,7 @@ from lemo_edge.config import ADMISSIONS
 from lemo_edge.errors import InputError, describe
 from lemo_edge.knn import MemoryIndex
 from lemo_edge.scoring import Nearest, Scorer, nearest_memory, squared_distances
+from lemo_edge.workers import default_workers, run_slices
 
 
 def orthogonal_noise(k: int, d: int, scale: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -377,19 +378,28 @@ class CoresetMemory(nn.Module):
         n = items.shape[0]
         if n == cached:
             return nn_dist, nn_index
+
         # one block of squared distances, new items x all items, serves both directions: its rows
         # give the new items' nearest others, its columns over the old items whether a new item is
-        # nearer to an old one than the old one's nearest so far
-        d2 = squared_distances(items[cached:], items)
-        rows = torch.arange(n - cached, device=items.device)
-        d2[rows, rows + cached] = math.inf
-        new_best = d2.min(dim=1)
-        to_new = d2[:, :cached].min(dim=0)
-        to_new_dist = to_new.values.sqrt()
+        # nearer to an old one than the old one's nearest so far (row slices side by side on a CPU)
+        def part(start: int, stop: int) -> tuple[torch.Tensor, ...]:
+            d2 = squared_distances(items[cached + start : cached + stop], items)
+            rows = torch.arange(stop - start, device=items.device)
+            d2[rows, rows + cached + start] = math.inf
+            new_best, to_new = d2.min(dim=1), d2[:, :cached].min(dim=0)
+            return new_best.values, new_best.indices, to_new.values, to_new.indices + start
+
+        parts = run_slices(part, n - cached, _workers(items), min_rows=32)
+        to_new_d2, to_new_index = parts[0][2], parts[0][3]
+        for _, _, values, indices in parts[1:]:  # a later slice wins only when strictly nearer (as one min would)
+            nearer = values < to_new_d2
+            to_new_d2, to_new_index = torch.where(nearer, values, to_new_d2), torch.where(nearer, indices, to_new_index)
+        to_new_dist = to_new_d2.sqrt()
         closer = to_new_dist < nn_dist
         nn_dist = torch.where(closer, to_new_dist, nn_dist)
-        nn_index = torch.where(closer, to_new.indices + cached, nn_index)
-        return torch.cat([nn_dist, new_best.values.sqrt()]), torch.cat([nn_index, new_best.indices])
+        nn_index = torch.where(closer, to_new_index + cached, nn_index)
+        new_dist = torch.cat([p[0] for p in parts]).sqrt()
+        return torch.cat([nn_dist, new_dist]), torch.cat([nn_index, torch.cat([p[1] for p in parts])])
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         self._forget_derived()  # the loaded items are not the ones they were computed for
@@ -480,17 +490,27 @@ def nearest_other(
     """
     device = items.device
     rows = torch.arange(items.shape[0], device=device) if rows is None else rows
-    dists, index = [], []
-    for start in range(0, rows.shape[0], block):
-        chunk = rows[start : start + block]
-        d2 = squared_distances(items[chunk], items)
-        d2[torch.arange(chunk.shape[0], device=device), chunk] = math.inf
-        best = d2.min(dim=1)
-        dists.append(best.values.sqrt())
-        index.append(best.indices)
-    if not dists:
-        return torch.zeros(0, device=device), torch.zeros(0, dtype=torch.int64, device=device)
-    return torch.cat(dists), torch.cat(index)
+
+    def part(first: int, last: int) -> tuple[torch.Tensor, torch.Tensor]:
+        dists, index = [], []
+        for start in range(first, last, block):
+            chunk = rows[start : min(start + block, last)]
+            d2 = squared_distances(items[chunk], items)
+            d2[torch.arange(chunk.shape[0], device=device), chunk] = math.inf
+            best = d2.min(dim=1)
+            dists.append(best.values.sqrt())
+            index.append(best.indices)
+        if not dists:
+            return torch.zeros(0, device=device), torch.zeros(0, dtype=torch.int64, device=device)
+        return torch.cat(dists), torch.cat(index)
+
+    parts = run_slices(part, rows.shape[0], _workers(items), min_rows=32)  # row slices side by side on a CPU
+    return torch.cat([d for d, _ in parts]), torch.cat([i for _, i in parts])
+
+
+def _workers(items: torch.Tensor) -> int:
+    """Slices a CPU merge's distances are split into (:mod:`lemo_edge.workers`); one on other devices."""
+    return default_workers() if items.device.type == "cpu" else 1
 
 
 class LearnedMemory(nn.Module):

@@ -347,10 +347,11 @@ def build_patchcore_bank(config: BenchConfig, pipe: FramePipeline) -> tuple[torc
 
 def knn_search_threads(knn: str, torch_threads: int) -> int:
     """Threads a memory searching with ``knn`` runs its search on when torch runs ``torch_threads`` threads."""
-    from lemo_edge.knn import SHORTLISTS, shortlist_in_hardware, usable_cores
+    from lemo_edge.knn import SHORTLISTS, shortlist_in_hardware
+    from lemo_edge.workers import default_workers
 
     if knn in SHORTLISTS and shortlist_in_hardware(knn) and torch_threads == 1:
-        return min(4, usable_cores())
+        return default_workers()
     return torch_threads
 
 

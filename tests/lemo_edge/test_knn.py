@@ -7,7 +7,7 @@ import importlib.util
 import pytest
 import torch
 
-from lemo_edge import knn
+from lemo_edge import knn, workers
 from lemo_edge.errors import InputError, MissingDependencyError
 from lemo_edge.knn import (
     BACKENDS,
@@ -278,13 +278,13 @@ def test_shortlist_search_split_among_threads_gives_the_same_result(backend: str
             index.threads = threads
             split = index.search_topk(z, 3)
             assert torch.equal(split[0], alone[0]) and torch.equal(split[1], alone[1])
-        assert knn._search_pool(2).submit(torch.get_num_threads).result() == 1
+        assert workers._pool(2).submit(torch.get_num_threads).result() == 1
     finally:
         torch.set_num_threads(previous)
 
 
 def test_threads_default_and_bad_value() -> None:
-    assert MemoryIndex("int8").threads == min(4, knn.usable_cores())
+    assert MemoryIndex("int8").threads == min(4, workers.usable_cores())
     assert MemoryIndex("int8", threads=1).threads == 1
     assert MemoryIndex("exact").threads == 1
     with pytest.raises(InputError, match="knn threads: expected >= 0 or None, got -1"):

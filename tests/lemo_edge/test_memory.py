@@ -7,11 +7,13 @@ import math
 import pytest
 import torch
 
+from lemo_edge import memory as memory_module
 from lemo_edge.config import ModelConfig
 from lemo_edge.errors import InputError
 from lemo_edge.knn import MemoryIndex, available_backends
 from lemo_edge.memory import CoresetMemory, LearnedMemory, nearest_other, orthogonal_noise, two_means
 from lemo_edge.scoring import nearest_memory
+from lemo_edge.workers import default_workers, run_slices
 
 
 def test_orthogonal_noise_rows_are_orthonormal():
@@ -125,14 +127,36 @@ def test_two_means_separates_clusters():
     assert {tuple(a.tolist()), tuple(b.tolist())} == {(0.0, 0.0), (4.0, 4.0)}
 
 
-def test_merge_with_kept_nearest_others_equals_full_recomputation():
+@pytest.mark.parametrize("torch_threads", [1, 2])
+def test_merge_with_kept_nearest_others_equals_full_recomputation(
+    torch_threads: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Also with one torch thread, where the merge's distances are split into row slices on worker threads."""
+    split: list[int] = []
+
+    def spy(fn, count, workers, min_rows=1):  # type: ignore[no-untyped-def]
+        out = run_slices(fn, count, workers, min_rows)
+        split.append(len(out))
+        return out
+
+    monkeypatch.setattr(memory_module, "run_slices", spy)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(torch_threads)
+    try:
+        _merge_with_kept_nearest_others_equals_full_recomputation()
+    finally:
+        torch.set_num_threads(previous)
+    assert (max(split) > 1) == (torch_threads == 1 and default_workers() > 1)
+
+
+def _merge_with_kept_nearest_others_equals_full_recomputation() -> None:
     torch.manual_seed(3)
-    cached, full = CoresetMemory(capacity=120, dim=6, insert_per_image=24), CoresetMemory(120, 6, 24)
+    cached, full = CoresetMemory(capacity=400, dim=6, insert_per_image=80), CoresetMemory(400, 6, 80)
     merges = 0
-    for _ in range(60):
-        z = torch.randn(64, 6)
+    for _ in range(100):
+        z = torch.randn(160, 6)
         for mem in (cached, full):
-            nearest = nearest_memory(z, mem.items).score if int(mem.count) else torch.full((64,), math.inf)
+            nearest = nearest_memory(z, mem.items).score if int(mem.count) else torch.full((160,), math.inf)
             before = int(mem.count)
             if mem is full:
                 mem._nn = None  # forces nearest_other over all items, as before the cache existed
@@ -141,7 +165,7 @@ def test_merge_with_kept_nearest_others_equals_full_recomputation():
         assert torch.equal(cached.items, full.items)
         assert math.isclose(float(cached.radius), float(full.radius), rel_tol=1e-6)
         # the kept nearest others, extended by new rows, are those of a full recomputation
-        extended = torch.cat([cached.items, 0.5 * torch.randn(8, 6)])
+        extended = torch.cat([cached.items, 0.5 * torch.randn(80, 6)])
         got, want = cached._nearest_others(extended), nearest_other(extended)
         assert torch.equal(got[1], want[1])
         assert torch.allclose(got[0], want[0])
