@@ -131,7 +131,9 @@ def backend_status() -> list[BackendStatus]:
             continue
         if name in SHORTLISTS:
             fast = shortlist_in_hardware(name)
-            out.append(BackendStatus(name, True, f"torch, {name} shortlist" if fast else
+            workers = default_workers()
+            split = f", a frame's queries split among {workers} worker threads" if workers > 1 else ""
+            out.append(BackendStatus(name, True, f"torch, {name} shortlist{split}" if fast else
                                      f"torch; no {name} dot products in this CPU: searches exactly"))  # fmt: skip
             continue
         try:

@@ -289,3 +289,11 @@ def test_threads_default_and_bad_value() -> None:
     assert MemoryIndex("exact").threads == 1
     with pytest.raises(InputError, match="knn threads: expected >= 0 or None, got -1"):
         MemoryIndex("int8", threads=-1)
+
+
+@pytest.mark.parametrize("backend", SHORT)
+def test_info_names_the_worker_threads(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(knn, "default_workers", lambda: 3)
+    assert "split among 3 worker threads" in {s.name: s for s in backend_status()}[backend].reason
+    monkeypatch.setattr(knn, "default_workers", lambda: 1)
+    assert "worker" not in {s.name: s for s in backend_status()}[backend].reason
