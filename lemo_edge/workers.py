@@ -21,14 +21,29 @@ import torch
 T = TypeVar("T")
 
 
-def usable_cores() -> int:
-    """CPUs this process may run on (its affinity where the OS reports one)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+def physical_cores() -> int:
+    """Physical CPU cores usable by this process (hyper-threads not counted; CPU affinity respected)."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores: set[tuple[str, str]] = set()
+    try:
+        physical = core = ""
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "physical id":
+                    physical = value.strip()
+                elif key == "core id":
+                    core = value.strip()
+                    cores.add((physical, core))
+    except OSError:
+        pass
+    return max(1, min(usable, len(cores))) if cores else max(1, usable)
 
 
 def default_workers() -> int:
-    """Slices run side by side by default: the usable cores, at most 4."""
-    return min(4, usable_cores())
+    """Slices run side by side by default: the physical cores, at most 4."""
+    return min(4, physical_cores())
 
 
 @functools.lru_cache(maxsize=4)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -26,6 +25,7 @@ from lemo_edge.backbone import DEFAULT_BACKBONE, FeatureExtractor, FeatureSpec, 
 from lemo_edge.errors import BackendUnavailableError, InputError, LemoError, MissingDependencyError, describe
 from lemo_edge.export.onnx import INPUT_NAME, OUTPUT_NAME
 from lemo_edge.runtime.protocols import FeatureBackend
+from lemo_edge.workers import physical_cores
 
 log = logging.getLogger(__name__)
 
@@ -43,26 +43,6 @@ class BackendStatus(NamedTuple):
     name: str
     available: bool
     reason: str
-
-
-def physical_cores() -> int:
-    """Physical CPU cores usable by this process (hyper-threads not counted; CPU affinity respected)."""
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    cores: set[tuple[str, str]] = set()
-    try:
-        physical = core = ""
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "physical id":
-                    physical = value.strip()
-                elif key == "core id":
-                    core = value.strip()
-                    cores.add((physical, core))
-    except OSError:
-        pass
-    return max(1, min(usable, len(cores))) if cores else max(1, usable)
 
 
 def _check_images(images: torch.Tensor, size: tuple[int, int] | None = None) -> None:

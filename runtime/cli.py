@@ -21,7 +21,6 @@ import argparse
 import contextlib
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -228,11 +227,9 @@ def with_shape(config: ModelConfig, size: str | None, letterbox: bool | None) ->
 
 
 def usable_cores() -> int:
-    """Physical cores this process may use (``runtime.backends.physical_cores`` when importable)."""
-    try:
-        from lemo_edge.runtime.backends import physical_cores
-    except ImportError:
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    """Physical cores this process may use (:func:`lemo_edge.workers.physical_cores`)."""
+    from lemo_edge.workers import physical_cores
+
     return physical_cores()
 
 

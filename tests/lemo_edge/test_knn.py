@@ -284,7 +284,7 @@ def test_shortlist_search_split_among_threads_gives_the_same_result(backend: str
 
 
 def test_threads_default_and_bad_value() -> None:
-    assert MemoryIndex("int8").threads == min(4, workers.usable_cores())
+    assert MemoryIndex("int8").threads == min(4, workers.physical_cores())
     assert MemoryIndex("int8", threads=1).threads == 1
     assert MemoryIndex("exact").threads == 1
     with pytest.raises(InputError, match="knn threads: expected >= 0 or None, got -1"):
