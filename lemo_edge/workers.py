@@ -46,9 +46,14 @@ def default_workers() -> int:
     return min(4, physical_cores())
 
 
-@functools.lru_cache(maxsize=4)
 def _pool(workers: int) -> ThreadPoolExecutor:
-    """A process-wide pool of ``workers`` threads, each running torch ops on one intra-op thread."""
+    """The process's pool of ``workers`` threads, each running torch ops on one intra-op thread (a forked child gets
+    its own: it inherits the parent's pool object but not its threads)."""
+    return _pool_of(workers, os.getpid())
+
+
+@functools.lru_cache(maxsize=4)
+def _pool_of(workers: int, pid: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(workers, thread_name_prefix="lemo", initializer=torch.set_num_threads, initargs=(1,))
 
 

@@ -54,3 +54,20 @@ def test_a_failing_slice_raises_in_the_caller(one_torch_thread: None) -> None:
 
     with pytest.raises(ValueError, match="slice at 50"):
         run_slices(part, 100, workers=2)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_a_forked_child_gets_its_own_pool(one_torch_thread: None) -> None:
+    """The parent's pool threads do not exist in a forked child; slices there must still run (not wait forever)."""
+    import multiprocessing
+
+    assert run_slices(lambda a, b: b - a, 100, workers=2) == [50, 50]  # the parent's pool exists now
+    context = multiprocessing.get_context("fork")
+    with context.Pool(1) as pool:
+        result = pool.apply_async(_split_in_child)
+        assert result.get(timeout=60) == [50, 50]
+
+
+def _split_in_child() -> list[int]:
+    torch.set_num_threads(1)
+    return run_slices(lambda a, b: b - a, 100, workers=2)
