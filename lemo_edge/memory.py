@@ -274,6 +274,7 @@ class CoresetMemory(nn.Module):
             support += seen.long()
         confirm = support >= self.confirm
         keep = ~confirm & (self.learned - birth <= self.ttl)
+        self._set_pending(0)  # the pool is held here until it is written back below
         if n:
             self._confirm_rows(pend[confirm], pend_tags[confirm])
         count = new.shape[0]
@@ -293,12 +294,15 @@ class CoresetMemory(nn.Module):
         self._set_pending(m)
 
     def _confirm_rows(self, new: torch.Tensor, tags: torch.Tensor) -> None:
-        """Append ``new (m, D)`` rows with their ``tags (m,)`` to the confirmed items, merging past capacity."""
+        """Append ``new (m, D)`` rows with their ``tags (m,)`` to the confirmed items, merging past capacity; the
+        pending rows, which follow the confirmed ones in the bank, move with the end of the confirmed rows."""
         if new.shape[0] == 0:
             return
         if tags.numel() and bool((tags >= 0).any()):
             self._admitted.append(tags[tags >= 0].cpu())
         count = self.size
+        pending = slice(count, count + self.pending)
+        pend, pend_tags = self.bank[pending].clone(), self.tags[pending].clone()
         index = self._indexed()
         if index is not None:
             index.add(new)
@@ -306,16 +310,18 @@ class CoresetMemory(nn.Module):
             self.bank[count : count + new.shape[0]] = new
             self.tags[count : count + new.shape[0]] = tags
             self._set_size(count + new.shape[0])
-            return
-        items, kept = self._grow_radius_and_merge(torch.cat([self.confirmed, new]))
-        all_tags = torch.cat([self.tags[:count], tags])
-        self.bank[: items.shape[0]] = items
-        self.tags[: items.shape[0]] = all_tags[kept]
-        self._set_size(items.shape[0])
-        if index is not None:  # the merge keeps the survivors in order: the index drops the others
-            dropped = torch.ones(count + new.shape[0], dtype=torch.bool)
-            dropped[kept] = False
-            index.remove(torch.nonzero(dropped).flatten())
+        else:
+            items, kept = self._grow_radius_and_merge(torch.cat([self.confirmed, new]))
+            all_tags = torch.cat([self.tags[:count], tags])
+            self.bank[: items.shape[0]] = items
+            self.tags[: items.shape[0]] = all_tags[kept]
+            self._set_size(items.shape[0])
+            if index is not None:  # the merge keeps the survivors in order: the index drops the others
+                dropped = torch.ones(count + new.shape[0], dtype=torch.bool)
+                dropped[kept] = False
+                index.remove(torch.nonzero(dropped).flatten())
+        self.bank[self.size : self.size + self.pending] = pend
+        self.tags[self.size : self.size + self.pending] = pend_tags
 
     def _grow_radius_and_merge(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Drop the most redundant items until ``(1 - slack) * K`` remain; raise the radius.

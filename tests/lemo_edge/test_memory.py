@@ -252,3 +252,33 @@ def test_a_subset_of_a_frames_patches_is_tagged_by_its_positions_in_the_frame():
     positions = torch.tensor([1, 3, 8, 9])  # of a 12-patch frame
     assert mem.insert(z, torch.full((4,), math.inf), tag=2, positions=positions, frame_patches=12) == 4
     assert sorted(mem.tags[: mem.size].tolist()) == [2 * 12 + p for p in (1, 3, 8, 9)]
+
+
+@pytest.mark.parametrize("merging", [False, True])
+def test_pending_rows_survive_patches_that_enter_at_once(merging: bool) -> None:
+    """The pending rows follow the confirmed ones in the bank: confirming an image's unsurprising patches (appended, or
+    merged when the memory is full) must move them, not overwrite them (they used to be overwritten, and the pool then
+    held the stale rows behind it with the metadata of others)."""
+    torch.manual_seed(0)
+    memory = CoresetMemory(
+        120, 4, insert_per_image=8, slack=0.1, admission="recurrence", pending_capacity=20, admit_z=4.0,
+        pending_searched=False,
+    )  # fmt: skip
+    for _ in range(60):  # merging: stop just below the confirmed capacity (100), after merges
+        z = torch.randn(32, 4) * 10
+        near = torch.cdist(z, memory.items).min(1).values if memory.size else torch.full((32,), math.inf)
+        memory.insert(z, near)
+        if not merging or (memory.coverage_radius > 0 and memory.size > 92):
+            break
+    assert (memory.size > 92) == merging
+    surprising = torch.randn(32, 4) * 40 + 500.0  # far from everything: its chosen patches wait
+    memory.insert(surprising, torch.cdist(surprising, memory.items).min(1).values, surprise=torch.full((32,), 10.0))
+    waiting, pending = memory.bank[memory.size : memory.size + memory.pending].clone(), memory.pending
+    assert pending >= 4 and bool(((waiting - 500.0).abs() < 250).all())
+    size = memory.size
+    calm = torch.randn(32, 4) * 40 - 500.0  # new to the memory, but unsurprising: its chosen patches enter at once
+    memory.insert(calm, torch.cdist(calm, memory.items).min(1).values, surprise=torch.zeros(32))
+    assert memory.size > size or merging
+    assert (memory.size < size + 4) == merging  # full: the confirmation merged
+    assert memory.pending == pending
+    assert torch.equal(memory.bank[memory.size : memory.size + memory.pending], waiting)
