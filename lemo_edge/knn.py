@@ -222,7 +222,7 @@ class MemoryIndex:
         min_items: below this many items searches are exact (an index is built when the memory reaches it).
         threads: search threads. faiss-ivf and usearch: their own threads (``None``: 1, 0: the library's
             default). bf16 and int8: the query blocks of a search are split among this many Python threads, each
-            running torch on one core, when torch itself runs one intra-op thread (``None`` or 0: the usable
+            running torch on one core, when torch itself runs one intra-op thread (``None`` or 0: the physical
             cores, at most 4). The memory's one frame is one batch of N queries.
         seed: seed of the IVF training.
 
@@ -296,6 +296,13 @@ class MemoryIndex:
 
     def __len__(self) -> int:
         return self._n
+
+    @property
+    def search_threads(self) -> int:
+        """Threads a search runs on now: :attr:`threads` worker slices for a shortlist backend that shortlists while
+        torch runs one intra-op thread (:func:`lemo_edge.workers.run_slices`), else torch's own threads."""
+        splits = self.backend in SHORTLISTS and not self.exact and torch.get_num_threads() == 1
+        return self.threads if splits else torch.get_num_threads()
 
     # ---------------------------------------------------------------------------------- following
 

@@ -21,8 +21,10 @@ import torch
 T = TypeVar("T")
 
 
+@functools.cache
 def physical_cores() -> int:
-    """Physical CPU cores usable by this process (hyper-threads not counted; CPU affinity respected)."""
+    """Physical CPU cores usable by this process (hyper-threads not counted; CPU affinity at the first call
+    respected). Read once: the merges ask for it on the hot path."""
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     cores: set[tuple[str, str]] = set()
     try:

@@ -31,6 +31,7 @@ from lemo_edge.config import ModelConfig, parse_json_object
 from lemo_edge.errors import BackendUnavailableError, InputError, MissingDependencyError
 from lemo_edge.scoring import Scorer
 from lemo_edge.tiling import TileSpec, parse_roi, parse_tile
+from lemo_edge.workers import physical_cores
 
 from .loop import Backend, InspectionLoop, LoopOptions
 from .state_store import StateStore, move_updater
@@ -226,21 +227,14 @@ def with_shape(config: ModelConfig, size: str | None, letterbox: bool | None) ->
     return config.replace(**changes) if changes else config
 
 
-def usable_cores() -> int:
-    """Physical cores this process may use (:func:`lemo_edge.workers.physical_cores`)."""
-    from lemo_edge.workers import physical_cores
-
-    return physical_cores()
-
-
 def default_threads() -> int:
-    """Torch intra-op threads for a run: one core less than usable, at least one.
+    """Torch intra-op threads for a run: one physical core less than usable, at least one.
 
     The source captures and decodes in its own thread. When torch's OpenMP workers take every core, they
     busy-wait at their barriers while the capture thread holds a core, and the backbone becomes 10-40 times
     slower (measured on 2 cores: 1.2 s instead of 57 ms per 256 x 256 frame).
     """
-    return max(1, usable_cores() - 1)
+    return max(1, physical_cores() - 1)
 
 
 def resolve_device(name: str | None) -> torch.device:

@@ -345,24 +345,11 @@ def build_patchcore_bank(config: BenchConfig, pipe: FramePipeline) -> tuple[torc
     return bank.to(pipe.device), info
 
 
-def knn_search_threads(knn: str, torch_threads: int) -> int:
-    """Threads a memory searching with ``knn`` runs its search on when torch runs ``torch_threads`` threads."""
-    from lemo_edge.knn import SHORTLISTS, shortlist_in_hardware
-    from lemo_edge.workers import default_workers
-
-    if knn in SHORTLISTS and shortlist_in_hardware(knn) and torch_threads == 1:
-        return default_workers()
-    return torch_threads
-
-
 def search_threads(model: Any) -> int:
-    """Threads a LeMO frame's nearest-memory search runs on: the index's worker threads when it splits its
-    queries among them (shortlist backends, torch on one intra-op thread; lemo_edge.knn), else torch's threads."""
-    from lemo_edge.knn import SHORTLISTS
-
+    """Threads a LeMO frame's nearest-memory search runs on (:attr:`lemo_edge.knn.MemoryIndex.search_threads`;
+    torch's threads without an index)."""
     index = getattr(model.memory, "index", None)
-    splits = index is not None and index.backend in SHORTLISTS and not index.exact and torch.get_num_threads() == 1
-    return int(index.threads) if splits else torch.get_num_threads()
+    return index.search_threads if index is not None else torch.get_num_threads()
 
 
 def lemo_vs_patchcore(

@@ -44,7 +44,6 @@ from lemo_edge.runtime.bench.pipeline import (
     bound_stage,
     build_patchcore_bank,
     index_search,
-    knn_search_threads,
     lemo_vs_patchcore,
     search_threads,
 )
@@ -267,9 +266,8 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
             "torch_policy": "--threads" if config.threads else "usable cores - 1 (as lemo-edge run)",
             "onnxruntime_intra_op": physical_cores(),
             "onnxruntime_policy": "physical cores, no spinning (runtime.backends.OrtFeatureExtractor)",
-            "knn_search": knn_search_threads(config.model.knn, threads),
             "knn_search_policy": (
-                "int8/bf16 search: query blocks split among min(4, usable cores) Python threads of one torch "
+                "int8/bf16 search: query blocks split among min(4, physical cores) Python threads of one torch "
                 "thread each, when torch runs one thread (lemo_edge.knn); PatchCore's scoring gets as many"
             ),
         }
@@ -331,6 +329,7 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
         result["ratios_doc"] = {k: RATIOS_DOC[k] for k in ratios}
         result["ratio_details"] = details
         result["patchcore"] = patchcore
+        result["threads"]["knn_search"] = details["lemo_vs_patchcore_frame"]["search_threads"]  # as measured
 
         result["scale"] = _scale(run, backends, scorers, fastest_backend, matrix)
         run.progress("machine peaks again (the best of start and end counts)")

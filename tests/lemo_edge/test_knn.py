@@ -297,3 +297,18 @@ def test_info_names_the_worker_threads(backend: str, monkeypatch: pytest.MonkeyP
     assert "split among 3 worker threads" in {s.name: s for s in backend_status()}[backend].reason
     monkeypatch.setattr(knn, "default_workers", lambda: 1)
     assert "worker" not in {s.name: s for s in backend_status()}[backend].reason
+
+
+@pytest.mark.parametrize("backend", SHORT)
+def test_search_threads_are_the_worker_slices_only_when_torch_runs_one_thread(backend: str) -> None:
+    index = MemoryIndex(backend, min_items=16, threads=3)
+    index.reset(_clustered(64))
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert index.search_threads == 3
+        torch.set_num_threads(2)
+        assert index.search_threads == 2  # torch's own threads: the search does not split
+    finally:
+        torch.set_num_threads(previous)
+    assert MemoryIndex("exact").search_threads == torch.get_num_threads()

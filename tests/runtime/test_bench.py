@@ -407,6 +407,7 @@ def test_tiny_bench_writes_the_results_schema(tmp_path: Path) -> None:
     env = data["environment"]
     assert {"cpu_model", "usable_cpus", "versions"} <= set(env) and "torch" in env["versions"]
     assert len(data["load_average"]["start"]) == 3 and data["threads"]["torch"] == 1
+    assert data["threads"]["knn_search"] == data["ratio_details"]["lemo_vs_patchcore_frame"]["search_threads"] >= 1
 
     backends = {"torch", "onnxruntime"}  # onnxruntime is a hard dependency
     assert set(data["per_backend"]) == backends
