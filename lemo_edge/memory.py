@@ -122,8 +122,9 @@ class CoresetMemory(nn.Module):
         self.pending = 0
         self.learned = 0
         self.coverage_radius = 0.0
-        # nearest other item of each of the first n items, kept from the last merge (not saved)
-        self._nn: tuple[torch.Tensor, torch.Tensor] | None = None
+        # nearest other item of each of the first n items (distance, index, whether the distance is only a lower
+        # bound), kept from the last merge (not saved)
+        self._nn: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._admitted: list[torch.Tensor] = []
 
     @property
@@ -330,10 +331,14 @@ class CoresetMemory(nn.Module):
         newer item is dropped. A round takes the ``2 need`` closest pairs at once (a mutual pair appears
         twice), skips a pair one of whose members an earlier pair of the round drops, and keeps the first
         ``need`` pairs not skipped (so no item is dropped twice and every dropped item keeps a partner);
-        further rounds, with the nearest others of orphaned items recomputed,
-        follow until ``(1 - slack) * K`` items remain. The radius becomes the largest distance of a pair
-        merged so far (it never shrinks), so later insertions only add patches farther than that from
-        every item. Vectorised: a few host reads per round, none per pair.
+        further rounds follow until ``(1 - slack) * K`` items remain. The radius becomes the largest distance
+        of a pair merged so far (it never shrinks), so later insertions only add patches farther than that
+        from every item. Vectorised: a few host reads per round, none per pair.
+
+        An item whose nearest other is dropped (an orphan) keeps that distance as a lower bound of its new
+        one (the others it has left only lost items) and is searched again only when the bound ranks among a
+        round's closest pairs: the rounds see the same exact distances as with every orphan searched at once,
+        so they merge the same pairs, and most orphans are never searched (a noisy frame can orphan thousands).
 
         Returns:
             The kept items ``(n, D)`` and their rows ``(n,) int64`` in ``items``.
@@ -341,14 +346,21 @@ class CoresetMemory(nn.Module):
         target = int(self.confirmed_capacity * (1.0 - self.slack))
         device = items.device
         radius = torch.tensor(self.coverage_radius, device=device)
-        nn_dist, nn_index = self._nearest_others(items)
+        nn_dist, nn_index, bound = self._nearest_others(items)
         origin = torch.arange(items.shape[0], device=device)
         n = items.shape[0]
         while n > target:
             need = n - target
             # twice the pairs needed (a mutual pair appears twice and is taken once), the first ``need`` taken
             candidates = min(n, 2 * need + 8)
-            order = torch.topk(nn_dist, candidates, largest=False, sorted=True).indices
+            # (and as many again: the lower bounds among them are searched at once, fewer rounds of few rows each)
+            wide = torch.topk(nn_dist, min(n, 2 * candidates), largest=False, sorted=True).indices
+            order = wide[:candidates]
+            if bool(bound[order].any()):  # lower bounds among the closest: search them again, then choose again
+                lazy = wide[bound[wide]]
+                nn_dist[lazy], nn_index[lazy] = nearest_other(items, lazy)
+                bound[lazy] = False
+                continue
             first, second = order, nn_index[order]
             drop = torch.maximum(first, second)
             position = torch.arange(order.shape[0], device=device)
@@ -360,30 +372,33 @@ class CoresetMemory(nn.Module):
             dropped[drop[take]] = True
             radius = torch.maximum(radius, nn_dist[order[take]].max())
             kept = ~dropped
-            new_index = torch.cumsum(kept, 0) - 1
-            orphans = dropped[nn_index][kept]  # kept items whose nearest other was dropped
+            new_index = (torch.cumsum(kept, 0) - 1).clamp_min_(0)  # a dropped item's: any kept row (bounds only)
+            orphans = dropped[nn_index][kept]  # kept items whose nearest other was dropped: now bounds
             items, nn_dist, nn_index = items[kept], nn_dist[kept], new_index[nn_index[kept]]
+            bound = bound[kept] | orphans
             origin = origin[kept]
             n = items.shape[0]
-            rows = torch.nonzero(orphans).flatten()
-            if rows.numel():
-                nn_dist[rows], nn_index[rows] = nearest_other(items, rows)
-        self._nn = (nn_dist, nn_index)
+        self._nn = (nn_dist, nn_index, bound)
         self.coverage_radius = float(radius)
         self.radius.fill_(self.coverage_radius)
         return items, origin
 
-    def _nearest_others(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _nearest_others(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """:func:`nearest_other` of ``items`` (the current items followed by new ones), reusing the
         result kept from the previous merge for the rows it covers: only the new rows' distances
-        to all items are computed (a merge costs about (new + orphaned) x K instead of K x K)."""
-        if self._nn is None or not 2 <= self._nn[0].shape[0] <= min(self.size, items.shape[0]):
-            return nearest_other(items)
-        cached = self._nn[0].shape[0]
-        nn_dist, nn_index = self._nn[0].clone(), self._nn[1].clone()
+        to all items are computed (a merge costs about (new + searched orphans) x K instead of K x K).
+
+        Returns distances, indices and ``bound (n,) bool``: rows whose distance is only a lower bound (orphans
+        of an earlier merge not searched again, see :meth:`_grow_radius_and_merge`; their index means nothing).
+        """
         n = items.shape[0]
+        if self._nn is None or not 2 <= self._nn[0].shape[0] <= min(self.size, n):
+            nn_dist, nn_index = nearest_other(items)
+            return nn_dist, nn_index, torch.zeros(n, dtype=torch.bool, device=items.device)
+        cached = self._nn[0].shape[0]
+        nn_dist, nn_index, bound = (t.clone() for t in self._nn)
         if n == cached:
-            return nn_dist, nn_index
+            return nn_dist, nn_index, bound
 
         # one block of squared distances, new items x all items, serves both directions: its rows
         # give the new items' nearest others, its columns over the old items whether a new item is
@@ -401,11 +416,17 @@ class CoresetMemory(nn.Module):
             nearer = values < to_new_d2
             to_new_d2, to_new_index = torch.where(nearer, values, to_new_d2), torch.where(nearer, indices, to_new_index)
         to_new_dist = to_new_d2.sqrt()
-        closer = to_new_dist < nn_dist
+        closer = to_new_dist < nn_dist  # nearer than a bound: nearer than every old item, so exact
         nn_dist = torch.where(closer, to_new_dist, nn_dist)
         nn_index = torch.where(closer, to_new_index + cached, nn_index)
+        bound &= ~closer
         new_dist = torch.cat([p[0] for p in parts]).sqrt()
-        return torch.cat([nn_dist, new_dist]), torch.cat([nn_index, torch.cat([p[1] for p in parts])])
+        new_bound = torch.zeros(n - cached, dtype=torch.bool, device=items.device)
+        return (
+            torch.cat([nn_dist, new_dist]),
+            torch.cat([nn_index, torch.cat([p[1] for p in parts])]),
+            torch.cat([bound, new_bound]),
+        )
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         self._forget_derived()  # the loaded items are not the ones they were computed for

@@ -152,7 +152,7 @@ def test_merge_with_kept_nearest_others_equals_full_recomputation(
 def _merge_with_kept_nearest_others_equals_full_recomputation() -> None:
     torch.manual_seed(3)
     cached, full = CoresetMemory(capacity=400, dim=6, insert_per_image=80), CoresetMemory(400, 6, 80)
-    merges = 0
+    merges = bounds = 0
     for _ in range(100):
         z = torch.randn(160, 6)
         for mem in (cached, full):
@@ -164,12 +164,16 @@ def _merge_with_kept_nearest_others_equals_full_recomputation() -> None:
         merges += int(cached.count) < before
         assert torch.equal(cached.items, full.items)
         assert math.isclose(float(cached.radius), float(full.radius), rel_tol=1e-6)
-        # the kept nearest others, extended by new rows, are those of a full recomputation
+        # the kept nearest others, extended by new rows, are those of a full recomputation; an orphan not
+        # searched again keeps a lower bound of its distance
         extended = torch.cat([cached.items, 0.5 * torch.randn(80, 6)])
-        got, want = cached._nearest_others(extended), nearest_other(extended)
-        assert torch.equal(got[1], want[1])
-        assert torch.allclose(got[0], want[0])
+        (dist, index, bound), want = cached._nearest_others(extended), nearest_other(extended)
+        assert torch.equal(index[~bound], want[1][~bound])
+        assert torch.allclose(dist[~bound], want[0][~bound])
+        assert bool((dist[bound] <= want[0][bound] + 1e-6).all())
+        bounds += int(bound.sum())
     assert merges >= 5
+    assert bounds > 0  # some orphans were never searched again, and the memory is the same
 
 
 def test_replace_items_drops_what_was_derived_from_the_old_items():
