@@ -22,7 +22,7 @@ from torch import nn
 from lemo_edge.config import ADMISSIONS
 from lemo_edge.errors import InputError, describe
 from lemo_edge.knn import MemoryIndex
-from lemo_edge.scoring import Nearest, Scorer, nearest_memory, squared_distances
+from lemo_edge.scoring import Nearest, Scorer, nearest_memory, smallest_k, squared_distances
 from lemo_edge.workers import default_workers, run_slices
 
 
@@ -407,8 +407,13 @@ class CoresetMemory(nn.Module):
             d2 = squared_distances(items[cached + start : cached + stop], items)
             rows = torch.arange(stop - start, device=items.device)
             d2[rows, rows + cached + start] = math.inf
-            new_best, to_new = d2.min(dim=1), d2[:, :cached].min(dim=0)
-            return new_best.values, new_best.indices, to_new.values, to_new.indices + start
+            new_d2, new_index = smallest_k(d2, 1)
+            old = d2[:, :cached]
+            to_new = old.amin(dim=0)  # the values only (fast); the rows only where a new item came nearer (few)
+            columns = torch.nonzero(to_new.sqrt() < nn_dist).flatten()
+            to_new_index = torch.zeros(cached, dtype=torch.int64, device=items.device)
+            to_new_index[columns] = old.index_select(1, columns).argmin(dim=0) + start
+            return new_d2.flatten(), new_index.flatten(), to_new, to_new_index
 
         parts = run_slices(part, n - cached, _workers(items), min_rows=32)
         to_new_d2, to_new_index = parts[0][2], parts[0][3]
@@ -524,9 +529,9 @@ def nearest_other(
             chunk = rows[start : min(start + block, last)]
             d2 = squared_distances(items[chunk], items)
             d2[torch.arange(chunk.shape[0], device=device), chunk] = math.inf
-            best = d2.min(dim=1)
-            dists.append(best.values.sqrt())
-            index.append(best.indices)
+            best, where = smallest_k(d2, 1)
+            dists.append(best.flatten().sqrt())
+            index.append(where.flatten())
         if not dists:
             return torch.zeros(0, device=device), torch.zeros(0, dtype=torch.int64, device=device)
         return torch.cat(dists), torch.cat(index)

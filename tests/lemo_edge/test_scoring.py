@@ -44,6 +44,18 @@ def test_smallest_k_is_topk(cols: int, k: int):
     assert torch.equal(best, ref.values) and torch.equal(where, ref.indices)
 
 
+def test_smallest_one_names_the_first_column_holding_the_minimum():
+    """k = 1 (merges, top-1 search) answers as ``min(dim=1)``, ties included, a tie across groups too."""
+    g = torch.Generator().manual_seed(2)
+    values = torch.randint(0, 4, (200, 16 * 9 + 5), generator=g).float()
+    values[0, 20], values[0, 100] = -1.0, -1.0  # the minimum in two groups: the first is named
+    values[1, -1], values[1, -3] = -2.0, -2.0  # twice in the partial last group
+    best, where = smallest_k(values, 1, group=16)
+    ref = values.min(dim=1, keepdim=True)
+    assert torch.equal(best, ref.values) and torch.equal(where, ref.indices)
+    assert where[0, 0] == 20 and where[1, 0] == values.shape[1] - 3
+
+
 def test_nearest_memory_is_the_full_topk():
     """The reference's grouped selection changes nothing: the k smallest of the full distance matrix."""
     g = torch.Generator().manual_seed(1)
