@@ -403,8 +403,10 @@ class CoresetMemory(nn.Module):
         # one block of squared distances, new items x all items, serves both directions: its rows
         # give the new items' nearest others, its columns over the old items whether a new item is
         # nearer to an old one than the old one's nearest so far (row slices side by side on a CPU)
+        items_sq = (items * items).sum(1)
+
         def part(start: int, stop: int) -> tuple[torch.Tensor, ...]:
-            d2 = squared_distances(items[cached + start : cached + stop], items)
+            d2 = squared_distances(items[cached + start : cached + stop], items, items_sq)
             rows = torch.arange(stop - start, device=items.device)
             d2[rows, rows + cached + start] = math.inf
             new_d2, new_index = smallest_k(d2, 1)
@@ -521,13 +523,15 @@ def nearest_other(
         ``(m,) float32`` distances and ``(m,) int64`` indices into ``items``, on ``items``' device.
     """
     device = items.device
+    items = items.float()
     rows = torch.arange(items.shape[0], device=device) if rows is None else rows
+    items_sq = (items * items).sum(1)  # once for every block and slice
 
     def part(first: int, last: int) -> tuple[torch.Tensor, torch.Tensor]:
         dists, index = [], []
         for start in range(first, last, block):
             chunk = rows[start : min(start + block, last)]
-            d2 = squared_distances(items[chunk], items)
+            d2 = squared_distances(items[chunk], items, items_sq)
             d2[torch.arange(chunk.shape[0], device=device), chunk] = math.inf
             best, where = smallest_k(d2, 1)
             dists.append(best.flatten().sqrt())

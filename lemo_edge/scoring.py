@@ -54,19 +54,23 @@ Scorer = Callable[[torch.Tensor, torch.Tensor], Nearest]
 computes it for the scorer's own ``k`` (``lemo_edge.runtime.protocols.Scorer`` is this contract)."""
 
 
-def squared_distances(z: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+def squared_distances(z: torch.Tensor, memory: torch.Tensor, memory_sq: torch.Tensor | None = None) -> torch.Tensor:
     """Squared Euclidean distances, clamped at 0.
 
     Args:
         z: ``(N, D)`` float.
         memory: ``(K, D)`` float, same device.
+        memory_sq: ``(K,) float32`` squared norms of ``memory``'s rows, when a caller asking for many blocks
+            against the same memory computed them once (``None``: computed here).
 
     Returns:
         ``(N, K)`` float32.
     """
     z = z.float()
     memory = memory.float()
-    d2 = torch.addmm((memory * memory).sum(1), z, memory.T, alpha=-2.0) + (z * z).sum(1, keepdim=True)
+    if memory_sq is None:
+        memory_sq = (memory * memory).sum(1)
+    d2 = torch.addmm(memory_sq, z, memory.T, alpha=-2.0).add_((z * z).sum(1, keepdim=True))
     return d2.clamp_min_(0.0)
 
 
